@@ -1,0 +1,68 @@
+# weightshare: build the site and run the tests. `make` alone lists the targets.
+# Every target sets up what it needs: the virtual environment in .venv (created and
+# filled from requirements.txt when missing or out of date) and Graphviz's `dot`.
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+BUILD    := _build
+SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHINXOPTS)
+EXAMPLE  ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help html html-noplot html-rerun html-one doctest linkcheck test clean dot venv
+
+help:  ## list the targets (this text)
+	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## create .venv and install the pinned requirements and the library
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --no-build-isolation -e .
+	@touch $(STAMP)
+
+dot:  ## check for Graphviz's dot; install it with apt when missing and root
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Graphviz's dot is missing: installing the 'graphviz' package with apt"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq graphviz >/dev/null; \
+	  else \
+	    echo "error: Graphviz's 'dot' program is missing. Install the system package" \
+	         "'graphviz' (Debian/Ubuntu: sudo apt-get install graphviz;" \
+	         "macOS: brew install graphviz), then run make again." >&2; \
+	    exit 1; \
+	  fi; }
+
+html: $(STAMP) dot  ## build the site into _build/html, running changed examples
+	$(SPHINX) -b html docs $(BUILD)/html
+
+html-noplot: $(STAMP) dot  ## build the pages without running any example
+	$(SPHINX) -b html -D plot_gallery=0 docs $(BUILD)/html
+
+html-rerun: $(STAMP) dot  ## build, re-running every example (after changing src/)
+	$(SPHINX) -b html -D sphinx_gallery_conf.run_stale_examples=True docs $(BUILD)/html
+
+html-one: $(STAMP) dot  ## build one example: make html-one EXAMPLE=plot_siamese
+	@test -n "$(EXAMPLE)" || { echo "usage: make html-one EXAMPLE=plot_name" >&2; exit 2; }
+	$(SPHINX) -b html -D sphinx_gallery_conf.filename_pattern=/$(EXAMPLE) \
+	  -D sphinx_gallery_conf.run_stale_examples=True docs $(BUILD)/html
+
+doctest: $(STAMP) dot  ## check every >>> claim of the docs and gallery pages
+	$(SPHINX) -b doctest docs $(BUILD)/doctest
+
+linkcheck: $(STAMP) dot  ## check internal links offline; external ones are listed
+	$(SPHINX) -b linkcheck docs $(BUILD)/linkcheck
+	@echo "External links (not fetched): $(BUILD)/linkcheck/output.txt"
+
+test: $(STAMP) dot  ## run the whole test suite (unit tests, examples, doctests, lint)
+	$(PY) -m pytest
+
+clean:  ## remove the built site and the generated gallery (keeps .venv)
+	rm -rf $(BUILD) docs/auto_examples docs/gen_modules docs/sg_execution_times.rst

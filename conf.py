@@ -1,0 +1,97 @@
+"""Sphinx configuration of the weightshare site. Build it with `make html`.
+
+The sources are in docs/ and the gallery scripts in examples/; this file stays at the
+top of the repository, so every sphinx-build call passes `-c .` (see the Makefile).
+"""
+
+import os
+from importlib.metadata import version as _version
+
+project = "weightshare"
+author = "the weightshare authors"
+copyright = "2026, the weightshare authors"
+release = _version("weightshare")
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "sphinx_copybutton",
+    "sphinx_gallery.gen_gallery",
+    "weightshare.gallery",  # runs gallery code cells inside `make doctest`
+]
+
+root_doc = "index"
+exclude_patterns = ["sg_execution_times.rst"]
+myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
+myst_heading_anchors = 3
+
+# -- API pages -------------------------------------------------------------------------
+autodoc_typehints = "description"
+autodoc_member_order = "bysource"
+napoleon_google_docstring = False
+# Nitpicky builds resolve every cross-reference; these targets live in other projects'
+# docs, which an offline build cannot reach.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(torch|numpy|np|nn|os|collections\.abc|typing)\..*"),
+    (r"py:.*", r"(Tensor|Module|Parameter|Path|PathLike|Callable|Sequence|Mapping)"),
+    (r"py:.*", r"(Any|Literal|Iterator|None|str|int|float|bool|list|dict|tuple)"),
+    (r"py:.*", r"(optional|default.*)"),
+]
+
+# -- Gallery ---------------------------------------------------------------------------
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "subsection_order": ["../examples/basics"],
+    "within_subsection_order": "FileNameSortKey",
+    "doc_module": ("weightshare",),
+    "reference_url": {"weightshare": None},
+    "backreferences_dir": "gen_modules/backreferences",
+    "image_scrapers": ("matplotlib", "weightshare.gallery.graphviz_scraper"),
+    "reset_modules": ("matplotlib", "weightshare.gallery.reset_seeds"),
+    "ignore_repr_types": r"graphviz\.",
+    "remove_config_comments": True,
+    "min_reported_time": 0,
+    "download_all_examples": True,
+    "first_notebook_cell": (
+        "# Installs what the examples need; skip it where they are installed.\n"
+        "# Drawing autograd graphs also needs Graphviz's `dot` program (the system\n"
+        "# package 'graphviz'). weightshare is not on PyPI yet: pip install the wheel\n"
+        "# from the site's Install section, or `pip install -e .` in a clone.\n"
+        "%pip install torch matplotlib scikit-learn torchviz graphviz"
+    ),
+}
+
+# -- Doctests (make doctest) -----------------------------------------------------------
+doctest_global_setup = """
+import warnings
+import matplotlib
+matplotlib.use("Agg")
+warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")
+from weightshare.gallery import reset_seeds
+reset_seeds(None, "")
+"""
+
+# -- HTML ------------------------------------------------------------------------------
+html_theme = "pydata_sphinx_theme"
+html_title = "weightshare"
+html_static_path = ["docs/_static"]
+html_css_files = ["weightshare.css"]
+html_theme_options = {
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc", "sg_download_links"],
+}
+html_show_sourcelink = False
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+
+# -- make linkcheck --------------------------------------------------------------------
+# Offline by default: internal links and files are checked, external ones are listed in
+# _build/linkcheck/output.txt as "ignored". WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches them.
+if not os.environ.get("WEIGHTSHARE_LINKCHECK_EXTERNAL"):
+    linkcheck_ignore = [r"https?://"]
