@@ -62,7 +62,7 @@ linkcheck: $(STAMP) dot  ## check internal links offline; external ones are list
 	@echo "External links (not fetched): $(BUILD)/linkcheck/output.txt"
 
 test: $(STAMP) dot  ## run the whole test suite (unit tests, examples, doctests, lint)
-	$(PY) -m pytest
+	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered
 
 clean:  ## remove the built site and the generated gallery (keeps .venv)
 	rm -rf $(BUILD) docs/auto_examples docs/gen_modules docs/sg_execution_times.rst

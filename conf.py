@@ -46,7 +46,11 @@ sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    "subsection_order": ["../examples/basics"],
+    "subsection_order": [
+        "../examples/basics",
+        "../examples/architectures",
+        "../examples/training",
+    ],
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("weightshare",),
     "reference_url": {"weightshare": None},
@@ -91,7 +95,8 @@ copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True
 
 # -- make linkcheck --------------------------------------------------------------------
-# Offline by default: internal links and files are checked, external ones are listed in
-# _build/linkcheck/output.txt as "ignored". WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches them.
+# Offline by default: internal links and files are checked, and external ones are
+# listed in _build/linkcheck/output.txt as "ignored".
+# WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches them too.
 if not os.environ.get("WEIGHTSHARE_LINKCHECK_EXTERNAL"):
     linkcheck_ignore = [r"https?://"]

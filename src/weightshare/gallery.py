@@ -134,6 +134,13 @@ def _cell_test(code: str, filename: str, first_line: int) -> str:
     return _CELL_TEMPLATE.format(source=source, filename=filename)
 
 
+def _is_output_or_marked(block: Any) -> bool:
+    """Whether a literal block is a cell's printed output, or already a test."""
+    classes = block.get("classes", [])
+    output = "sphx-glr-script-out" in classes or block.get("language") == "none"
+    return bool(output or "none" in classes or "testnodetype" in block)
+
+
 def mark_gallery_cells(app: Any, doctree: Any) -> None:
     """Turn each gallery code cell of ``doctree`` into a ``testcode`` node.
 
@@ -155,7 +162,7 @@ def mark_gallery_cells(app: Any, doctree: Any) -> None:
         if index + 1 >= len(siblings):
             continue
         cell = siblings[index + 1]
-        if not isinstance(cell, nodes.literal_block) or "testnodetype" in cell:
+        if not isinstance(cell, nodes.literal_block) or _is_output_or_marked(cell):
             continue
         cell["testnodetype"] = "testcode"
         cell["groups"] = ["default"]

@@ -1,0 +1,70 @@
+"""Time the site's build and test commands, as a newcomer's machine would run them.
+
+Measures, in one run and in this order:
+
+1. a cold build: `make clean` then `make html` (the virtual environment is kept, the
+   built site and sphinx-gallery's cache of executed examples are not);
+2. a no-op rebuild: `make html` again with nothing changed;
+3. `make test` (skip it with --no-test).
+
+Goals on the 2-core reference machine: cold build under 90 s, no-op rebuild under 5 s.
+Usage: python benchmarks/site_build.py [--no-test] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"cold build": 90.0, "no-op rebuild": 5.0}
+
+
+def timed(*target: str) -> float:
+    """Seconds that `make TARGET` takes; raises if it fails."""
+    start = time.perf_counter()
+    subprocess.run(
+        ["make", "--no-print-directory", *target],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-test", action="store_true", help="skip timing make test")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    timed("venv")  # set-up is not part of any measurement
+    timed("clean")
+    results = {"cold build": timed("html"), "no-op rebuild": timed("html")}
+    if not args.no_test:
+        results["make test"] = timed("test")
+    for name, seconds in results.items():
+        goal = GOALS.get(name)
+        verdict = ""
+        if goal is not None:
+            verdict = f" (goal < {goal:.0f} s: {'met' if seconds < goal else 'MISSED'})"
+        print(f"{name:>14}: {seconds:7.1f} s{verdict}")
+    if args.json:
+        record = {
+            "date": date.today().isoformat(),
+            "machine": platform.node(),
+            "cpus": os.cpu_count(),
+            "seconds": results,
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The site builds without warnings, its doctests pass, and a false claim fails them.
+
+These tests call the Makefile's own targets, so they check what a reader runs. `make
+html` comes first: the gallery examples it runs are cached for the doctest build.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+FIRST_PAGE = ROOT / "examples" / "basics" / "plot_two_layers_one_weight.py"
+TARGETS = ("html", "html-noplot", "html-rerun", "html-one", "doctest", "linkcheck")
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+
+
+def test_make_help_is_the_default_and_lists_every_target() -> None:
+    result = _make()
+    assert result.returncode == 0
+    for target in (*TARGETS, "test", "clean", "help"):
+        assert f"make {target} " in result.stdout
+
+
+def test_a_second_build_installs_nothing() -> None:
+    plan = _make("-n", "html").stdout  # what make would run, without running it
+    assert "pip install" not in plan
+    assert "apt-get" not in plan
+
+
+@pytest.mark.slow
+def test_html_builds_with_zero_warnings() -> None:
+    result = _make("html")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "WARNING" not in result.stderr
+    page = (HTML / "auto_examples/basics/plot_two_layers_one_weight.html").read_text()
+    assert re.search(r'<img [^>]*class="[^"]*ws-graphviz[^"]*"[^>]*\.svg"', page)
+    assert "graphviz.graphs.Digraph" not in page  # the graph is drawn, not printed
+    assert "out.item() = 12.0" in page
+
+
+@pytest.mark.slow
+def test_doctests_of_every_page_pass() -> None:
+    result = _make("doctest")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    summary = (ROOT / "_build/doctest/output.txt").read_text()
+    assert re.search(r"\n\s*0 failures in tests", summary)
+    tests = int(re.search(r"(\d+) tests\n", summary).group(1))  # type: ignore[union-attr]
+    assert tests >= 20
+
+
+def _scratch_site(tmp_path: Path, page_text: str) -> Path:
+    """A one-page site that uses the project's conf.py and one gallery example."""
+    docs, basics = tmp_path / "docs", tmp_path / "examples" / "basics"
+    docs.mkdir()
+    basics.mkdir(parents=True)
+    (docs / "index.md").write_text(
+        "# Scratch\n\n```{toctree}\nauto_examples/index\n```\n"
+    )
+    shutil.copy(ROOT / "examples/GALLERY_HEADER.rst", tmp_path / "examples")
+    shutil.copy(ROOT / "examples/basics/GALLERY_HEADER.rst", basics)
+    (basics / FIRST_PAGE.name).write_text(page_text)
+    return docs
+
+
+def _doctest_scratch(docs: Path) -> subprocess.CompletedProcess[str]:
+    # No -W here: the lone page's links to the API page cannot resolve in it. The
+    # gallery is not run (plot_gallery=0); the doctest builder runs its cells.
+    command = [sys.executable, "-m", "sphinx", "-c", str(ROOT), "-b", "doctest"]
+    command += ["-D", "plot_gallery=0", str(docs), str(docs.parent / "out")]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.slow
+def test_a_false_claim_fails_the_doctest_build(tmp_path: Path) -> None:
+    text = FIRST_PAGE.read_text()
+    true_claim = "# >>> out.item()\n# 12.0\n"
+    assert text.count(true_claim) == 1
+    wrong = _doctest_scratch(
+        _scratch_site(
+            tmp_path / "wrong", text.replace(true_claim, "# >>> out.item()\n# 13.0\n")
+        )
+    )
+    right = _doctest_scratch(_scratch_site(tmp_path / "right", text))
+    assert right.returncode == 0, right.stdout[-3000:]
+    assert wrong.returncode != 0
+    output = wrong.stdout + wrong.stderr
+    assert "Expected:\n    13.0\nGot:\n    12.0" in output
+    assert "1 failure in tests" in output
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if found.get("id"):
+            self.ids.add(found["id"] or "")
+        for key in ("href", "src"):
+            value = found.get(key)
+            if value and not urlsplit(value).scheme and not value.startswith("//"):
+                self.refs.append(value)
+
+
+@pytest.mark.slow
+def test_internal_links_and_anchors_resolve() -> None:
+    pages = {p: _Links() for p in HTML.rglob("*.html")}
+    assert pages, "build the site first (test_html_builds_with_zero_warnings)"
+    for path, parser in pages.items():
+        parser.feed(path.read_text(errors="replace"))
+    broken = []
+    for path, parser in pages.items():
+        for ref in parser.refs:
+            parts = urlsplit(ref)
+            target = (
+                (path.parent / unquote(parts.path)).resolve() if parts.path else path
+            )
+            if not target.exists():
+                broken.append(f"{path.relative_to(HTML)}: {ref}")
+            elif target in pages and parts.fragment not in {"", *pages[target].ids}:
+                broken.append(f"{path.relative_to(HTML)}: {ref} (no such anchor)")
+    assert not broken, "\n".join(broken[:20])
