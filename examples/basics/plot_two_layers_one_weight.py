@@ -239,4 +239,4 @@ print(f"{two_losses.fc1.weight.item() = :.4f}, {two_losses.fc2.weight.item() = :
 #
 # Next: :func:`weightshare.grad_contributions` and :func:`weightshare.shared_groups` in
 # the :doc:`API reference </api>`, and the other pages of the
-# :ref:`gallery <sphx_glr_auto_examples>`.
+# :ref:`gallery <gallery>`.

@@ -7,7 +7,7 @@ Three pieces, each usable on its own in any Sphinx project:
     a Graphviz graph (what ``torchviz.make_dot`` returns), it is rendered to an SVG
     file and shown in the page, as Jupyter would show it, instead of its repr text.
 ``reset_seeds``
-    A ``reset_modules`` hook that seeds :mod:`random`, NumPy and PyTorch before each
+    A ``reset_modules`` hook that seeds ``random``, NumPy and PyTorch before each
     example, so no example depends on the ones built before it.
 ``setup``
     A Sphinx extension (add ``"weightshare.gallery"`` to ``extensions``). It makes the
@@ -38,7 +38,7 @@ _MISSING_DOT = (
 
 
 def reset_seeds(gallery_conf: Any, fname: str) -> None:
-    """Seed :mod:`random`, NumPy and PyTorch with :data:`SEED` (0).
+    """Seed Python's ``random``, NumPy and PyTorch with ``SEED`` (0).
 
     sphinx-gallery calls it before each example when it is listed in
     ``reset_modules``; the doctest setup calls it before each page.

@@ -49,7 +49,8 @@ class CausalSelfAttention(nn.Module):
         heads = (batch, time, self.n_head, width // self.n_head)
         q, k, v = (t.view(heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, d/H)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(batch, time, width))
+        out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(batch, time, width))
+        return out
 
 
 class Block(nn.Module):
@@ -68,7 +69,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -125,4 +127,5 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(positions)  # (B, T, d)
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        logits: torch.Tensor = self.lm_head(self.ln_f(x))  # (B, T, V)
+        return logits

@@ -1,0 +1,60 @@
+"""Inspect, tie, attribute and guard shared parameters (weight tying) in PyTorch.
+
+Weight tying means one ``nn.Parameter`` used under several names, e.g. a
+language model's input embedding and output projection. ``weightshare`` finds
+such ties (:func:`shared_groups`, :func:`storage_aliases`,
+:func:`count_parameters`), makes and undoes them by name (:func:`tie`,
+:func:`untie`, :func:`retie`), splits a shared gradient into one term per use
+(:func:`grad_contributions`), notices when a tie silently breaks
+(:class:`TieGuard`), and saves checkpoints that keep ties (:func:`save`,
+:func:`load`).
+
+Examples
+--------
+>>> from torch import nn
+>>> import weightshare as ws
+>>> model = nn.ModuleDict({"emb": nn.Embedding(10, 4),
+...                        "head": nn.Linear(4, 10, bias=False)})
+>>> _ = ws.tie(model, "head.weight", "emb.weight")
+>>> ws.shared_groups(model)
+[['emb.weight', 'head.weight']]
+>>> ws.count_parameters(model).saved_by_sharing
+40
+"""
+
+from ._checkpoint import checkpoint_groups, load, save
+from ._count import ParameterCount, count_parameters
+from ._errors import (
+    BrokenTieError,
+    CheckpointError,
+    NotAParameterError,
+    TieError,
+    UnknownNameError,
+)
+from ._grad import grad_contributions
+from ._groups import is_tied, shared_groups, storage_aliases
+from ._guard import TieGuard
+from ._tie import retie, tie, untie
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenTieError",
+    "CheckpointError",
+    "NotAParameterError",
+    "ParameterCount",
+    "TieError",
+    "TieGuard",
+    "UnknownNameError",
+    "checkpoint_groups",
+    "count_parameters",
+    "grad_contributions",
+    "is_tied",
+    "load",
+    "retie",
+    "save",
+    "shared_groups",
+    "storage_aliases",
+    "tie",
+    "untie",
+]

@@ -1,0 +1,330 @@
+"""tie, untie and retie."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import weightshare as ws
+
+
+def pair(**kwargs: nn.Module) -> nn.ModuleDict:
+    return nn.ModuleDict(kwargs)
+
+
+def lm(vocab: int = 10, dim: int = 4) -> nn.ModuleDict:
+    return pair(emb=nn.Embedding(vocab, dim), head=nn.Linear(dim, vocab, bias=False))
+
+
+# --- tie ------------------------------------------------------------------------------
+
+
+def test_tie_source_values_survive() -> None:
+    model = lm()
+    before = model.emb.weight.detach().clone()
+    shared = ws.tie(model, "head.weight", "emb.weight")
+    assert shared is model.emb.weight is model.head.weight
+    assert torch.equal(model.head.weight, before)
+    assert ws.shared_groups(model) == [["emb.weight", "head.weight"]]
+
+
+def test_tie_gradients_accumulate_in_one_grad() -> None:
+    model = lm()
+    ws.tie(model, "head.weight", "emb.weight")
+    model.head(model.emb(torch.tensor([1, 2]))).sum().backward()
+    assert model.head.weight.grad is model.emb.weight.grad
+    assert sum(1 for _ in model.parameters()) == 1
+
+
+def test_tie_noop_same_name_and_already_tied() -> None:
+    model = lm()
+    param = model.emb.weight
+    assert ws.tie(model, "emb.weight", "emb.weight") is param
+    ws.tie(model, "head.weight", "emb.weight")
+    assert ws.tie(model, "head.weight", "emb.weight") is param
+    assert ws.tie(model, "emb.weight", "head.weight") is param
+
+
+def test_tie_only_changes_target_slot() -> None:
+    model = pair(a=nn.Linear(2, 2), b=nn.Linear(2, 2), c=nn.Linear(2, 2))
+    ws.tie(model, "c.weight", "b.weight")
+    ws.tie(model, "b.weight", "a.weight")
+    assert ws.shared_groups(model) == [["a.weight", "b.weight"]]
+
+
+def test_tie_unknown_names() -> None:
+    model = lm()
+    before = dict(model.named_parameters())
+    with pytest.raises(ws.UnknownNameError, match=r"'head\.weigt'; did you mean"):
+        ws.tie(model, "head.weigt", "emb.weight")
+    with pytest.raises(ws.UnknownNameError, match=r"did you mean 'emb\.weight'"):
+        ws.tie(model, "head.weight", "emb.weihgt")
+    assert dict(model.named_parameters()) == before
+
+
+def test_tie_not_a_parameter() -> None:
+    model = pair(bn=nn.BatchNorm1d(4), fc=nn.Linear(4, 4))
+    with pytest.raises(ws.NotAParameterError, match=r"target='bn.running_mean' is a"):
+        ws.tie(model, "bn.running_mean", "bn.weight")
+    with pytest.raises(ws.NotAParameterError, match=r"source='bn.running_var' is a"):
+        ws.tie(model, "fc.bias", "bn.running_var")
+
+
+def test_tie_shape_mismatch_suggests_transpose() -> None:
+    model = pair(enc=nn.Linear(6, 3), dec=nn.Linear(3, 6))
+    with pytest.raises(ws.TieError) as info:
+        ws.tie(model, "dec.weight", "enc.weight")
+    message = str(info.value)
+    assert "'dec.weight'" in message and "'enc.weight'" in message
+    assert "(6, 3)" in message and "(3, 6)" in message
+    assert "pass transpose=True to tie W and Wᵀ" in message
+    assert ws.shared_groups(model) == []
+
+
+def test_tie_shape_mismatch_without_hint() -> None:
+    model = pair(a=nn.Linear(2, 3), b=nn.Linear(2, 4))
+    with pytest.raises(ws.TieError, match=r"\(4, 2\).*\(3, 2\); tie only parameters"):
+        ws.tie(model, "b.weight", "a.weight")
+    with pytest.raises(ws.TieError, match=r"tie only parameters of the same shape"):
+        ws.tie(model, "b.bias", "a.weight")
+
+
+def test_tie_dtype_mismatch() -> None:
+    model = pair(a=nn.Linear(2, 2), b=nn.Linear(2, 2).double())
+    with pytest.raises(ws.TieError) as info:
+        ws.tie(model, "b.weight", "a.weight")
+    assert "'b.weight'" in str(info.value) and "'a.weight'" in str(info.value)
+    assert "torch.float64" in str(info.value) and "torch.float32" in str(info.value)
+
+
+def test_tie_device_mismatch() -> None:
+    model = pair(a=nn.Linear(2, 2), b=nn.Linear(2, 2, device="meta"))
+    with pytest.raises(ws.TieError, match=r"target is on device meta but source.*cpu"):
+        ws.tie(model, "b.weight", "a.weight")
+    assert not ws.is_tied("a.weight", "b.weight", model)
+
+
+def test_tie_on_meta_device() -> None:
+    with torch.device("meta"):
+        model = lm(1000, 16)
+    ws.tie(model, "head.weight", "emb.weight")
+    assert ws.shared_groups(model) == [["emb.weight", "head.weight"]]
+
+
+# --- tie(transpose=True) --------------------------------------------------------------
+
+
+def autoencoder() -> nn.ModuleDict:
+    return pair(enc=nn.Linear(6, 3), dec=nn.Linear(3, 6))
+
+
+def test_tie_transpose() -> None:
+    model = autoencoder()
+    enc = model.enc.weight
+    assert ws.tie(model, "dec.weight", "enc.weight", transpose=True) is enc
+    assert ws.shared_groups(model) == [
+        ["enc.weight", "dec.parametrizations.weight.original"]
+    ]
+    assert model.dec.parametrizations.weight.original is enc
+    assert torch.equal(model.dec.weight, enc.T)
+    assert enc.shape == (3, 6)
+
+
+def test_tie_transpose_gradients_share_one_grad() -> None:
+    model = autoencoder()
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    model.dec(model.enc(torch.randn(4, 6))).pow(2).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert len(grads) == 3  # enc.weight, enc.bias, dec.bias
+    assert model.enc.weight.grad is not None
+
+
+def test_tie_transpose_noop_when_already_tied() -> None:
+    model = autoencoder()
+    enc = model.enc.weight
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    assert ws.tie(model, "dec.weight", "enc.weight", transpose=True) is enc
+    original = "dec.parametrizations.weight.original"
+    assert ws.tie(model, original, "enc.weight", transpose=True) is enc
+    assert len(model.dec.parametrizations.weight) == 1
+
+
+def test_tie_transpose_to_other_source_needs_untie() -> None:
+    model = pair(enc=nn.Linear(6, 3), dec=nn.Linear(3, 6), enc2=nn.Linear(6, 3))
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    with pytest.raises(ws.TieError) as info:
+        ws.tie(model, "dec.weight", "enc2.weight", transpose=True)
+    assert "already tied to the transpose of 'enc.weight'" in str(info.value)
+    assert "weightshare.untie(model, 'dec.weight') first" in str(info.value)
+    assert model.dec.parametrizations.weight.original is model.enc.weight
+    ws.untie(model, "dec.weight")
+    ws.tie(model, "dec.weight", "enc2.weight", transpose=True)
+    assert ws.shared_groups(model) == [
+        ["dec.parametrizations.weight.original", "enc2.weight"]
+    ]
+
+
+def test_tie_transpose_failure_restores_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = autoencoder()
+    before = model.dec.weight
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot parametrize")
+
+    monkeypatch.setattr(parametrize, "register_parametrization", fail)
+    with pytest.raises(RuntimeError, match="cannot parametrize"):
+        ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    assert model.dec.weight is before
+
+
+def test_tie_transpose_errors() -> None:
+    model = pair(enc=nn.Linear(6, 3), dec=nn.Linear(3, 6), same=nn.Linear(6, 3))
+    with pytest.raises(ws.TieError, match=r"the shapes match as they are: pass"):
+        ws.tie(model, "same.weight", "enc.weight", transpose=True)
+    with pytest.raises(ws.TieError, match=r"needs a 2-D source.*\(3,\)"):
+        ws.tie(model, "dec.bias", "enc.bias", transpose=True)
+    with pytest.raises(ws.TieError, match=r"transpose of itself"):
+        ws.tie(model, "enc.weight", "enc.weight", transpose=True)
+    assert ws.shared_groups(model) == []
+
+
+def test_tie_transpose_square_and_assignment_through_target() -> None:
+    model = pair(a=nn.Linear(3, 3, bias=False), b=nn.Linear(3, 3, bias=False))
+    ws.tie(model, "b.weight", "a.weight", transpose=True)
+    value = torch.arange(9.0).reshape(3, 3)
+    with torch.no_grad():
+        model.b.weight = value
+    assert torch.equal(model.a.weight, value.T)
+    assert ws.shared_groups(model) == [
+        ["a.weight", "b.parametrizations.weight.original"]
+    ]
+
+
+def test_tie_transpose_on_meta() -> None:
+    with torch.device("meta"):
+        model = autoencoder()
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    assert model.dec.weight.shape == (6, 3)
+    assert ws.shared_groups(model) == [
+        ["enc.weight", "dec.parametrizations.weight.original"]
+    ]
+
+
+# --- untie ----------------------------------------------------------------------------
+
+
+def test_untie_gives_independent_copy() -> None:
+    model = lm()
+    ws.tie(model, "head.weight", "emb.weight")
+    model.emb.weight.requires_grad_(False)
+    new = ws.untie(model, "head.weight")
+    assert new is model.head.weight and new is not model.emb.weight
+    assert torch.equal(new, model.emb.weight)
+    assert not new.requires_grad
+    assert new.untyped_storage()._cdata != model.emb.weight.untyped_storage()._cdata
+    assert ws.shared_groups(model) == []
+
+
+def test_untie_not_shared_is_noop() -> None:
+    model = lm()
+    param = model.head.weight
+    assert ws.untie(model, "head.weight") is param
+
+
+def test_untie_on_meta() -> None:
+    with torch.device("meta"):
+        model = lm()
+    ws.tie(model, "head.weight", "emb.weight")
+    assert ws.untie(model, "emb.weight").is_meta
+    assert ws.shared_groups(model) == []
+
+
+def test_untie_errors() -> None:
+    model = pair(bn=nn.BatchNorm1d(2))
+    with pytest.raises(ws.UnknownNameError, match=r"did you mean 'bn.weight'"):
+        ws.untie(model, "bn.weihgt")
+    with pytest.raises(ws.NotAParameterError, match=r"name='bn.running_mean'"):
+        ws.untie(model, "bn.running_mean")
+
+
+@pytest.mark.parametrize("name", ["dec.weight", "dec.parametrizations.weight.original"])
+def test_untie_transposed(name: str) -> None:
+    model = autoencoder()
+    enc = model.enc.weight
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    new = ws.untie(model, name)
+    assert type(model.dec) is nn.Linear
+    assert new is model.dec.weight and new.shape == (6, 3)
+    assert torch.equal(new, enc.T) and new.is_contiguous()
+    assert model.enc.weight is enc and enc.shape == (3, 6)
+    assert ws.shared_groups(model) == []
+    with torch.no_grad():
+        new.zero_()
+    assert enc.abs().sum() > 0
+
+
+def test_untie_transposed_not_shared_is_noop() -> None:
+    model = autoencoder()
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    ws.untie(model, "enc.weight")
+    original = model.dec.parametrizations.weight.original
+    assert ws.untie(model, "dec.weight") is original
+    assert hasattr(model.dec, "parametrizations")
+
+
+def test_untie_other_parametrization_is_plain_untie() -> None:
+    model = pair(a=nn.Linear(3, 3), b=nn.Linear(3, 3))
+    torch.nn.utils.parametrizations.weight_norm(model.b)
+    name = "b.parametrizations.weight.original1"
+    ws.tie(model, name, "a.weight")
+    assert ws.shared_groups(model) == [["a.weight", name]]
+    ws.untie(model, name)
+    assert ws.shared_groups(model) == []
+    assert hasattr(model.b, "parametrizations")
+
+
+# --- retie ----------------------------------------------------------------------------
+
+
+def test_retie_first_name_survives() -> None:
+    model = pair(a=nn.Linear(2, 2), b=nn.Linear(2, 2), c=nn.Linear(2, 2))
+    first = model.a.weight
+    ws.retie(model, [("a.weight", "b.weight", "c.weight"), ["b.bias", "a.bias"]])
+    assert model.b.weight is first and model.c.weight is first
+    assert model.a.bias is model.b.bias
+    assert ws.shared_groups(model) == [
+        ["a.weight", "b.weight", "c.weight"],
+        ["a.bias", "b.bias"],
+    ]
+
+
+def test_retie_empty_and_singleton_groups() -> None:
+    model = lm()
+    ws.retie(model, [])
+    ws.retie(model, [[], ["emb.weight"]])
+    assert ws.shared_groups(model) == []
+
+
+def test_retie_validates_everything_first() -> None:
+    model = pair(a=nn.Linear(2, 2), b=nn.Linear(2, 2), c=nn.Linear(2, 3))
+    before = {n: p for n, p in model.named_parameters()}
+    with pytest.raises(ws.TieError) as info:
+        ws.retie(model, [["a.weight", "b.weight"], ["a.weight", "c.weight"]])
+    assert "'c.weight'" in str(info.value) and "'a.weight'" in str(info.value)
+    assert "(3, 2)" in str(info.value) and "(2, 2)" in str(info.value)
+    with pytest.raises(ws.UnknownNameError, match=r"did you mean 'c.bias'"):
+        ws.retie(model, [["a.weight", "b.weight"], ["a.bias", "c.biaz"]])
+    assert dict(model.named_parameters()) == before
+    assert ws.shared_groups(model) == []
+
+
+def test_retie_rejects_a_bare_string_group() -> None:
+    with pytest.raises(TypeError, match=r"wrap it"):
+        ws.retie(lm(), ["emb.weight"])
+
+
+def test_names_must_be_strings() -> None:
+    with pytest.raises(TypeError, match=r"target must be a str, got int"):
+        ws.tie(lm(), 3, "emb.weight")  # type: ignore[arg-type]
