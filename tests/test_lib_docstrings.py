@@ -16,13 +16,17 @@ MODULES = [
     "weightshare._groups",
     "weightshare._guard",
     "weightshare._tie",
+    "weightshare.models",
 ]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_doctests(name: str) -> None:
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    # An empty namespace, as on the API page: each example imports what it uses.
+    result = doctest.testmod(
+        module, globs={}, optionflags=doctest.ELLIPSIS, verbose=False
+    )
     assert result.attempted > 0, f"{name} has no doctests"
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
 

@@ -78,6 +78,8 @@ class GPT(nn.Module):
 
     Examples
     --------
+    >>> import torch
+    >>> from weightshare.models import GPT, GPTConfig
     >>> tiny = GPTConfig(vocab_size=11, context=8, n_layer=1, n_head=2, d_model=4)
     >>> model = GPT(tiny)
     >>> model.lm_head.weight is model.wte.weight
