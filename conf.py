@@ -5,7 +5,11 @@ top of the repository, so every sphinx-build call passes `-c .` (see the Makefil
 """
 
 import os
+import sys
 from importlib.metadata import version as _version
+
+# The repository root, so that `benchmarks.report` imports (extension and plot code).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 project = "weightshare"
 author = "the weightshare authors"
@@ -21,6 +25,8 @@ extensions = [
     "sphinx_copybutton",
     "sphinx_gallery.gen_gallery",
     "weightshare.gallery",  # runs gallery code cells inside `make doctest`
+    "matplotlib.sphinxext.plot_directive",
+    "benchmarks.report",  # fills docs/benchmarks.md from benchmarks/results/*.json
 ]
 
 root_doc = "index"
@@ -69,6 +75,10 @@ sphinx_gallery_conf = {
         "%pip install torch matplotlib scikit-learn torchviz graphviz"
     ),
 }
+
+# -- Benchmark plots (docs/benchmarks.md) ----------------------------------------------
+plot_html_show_source_link = False
+plot_html_show_formats = False
 
 # -- Doctests (make doctest) -----------------------------------------------------------
 doctest_global_setup = """

@@ -459,4 +459,4 @@ print(f"{equal_before = }, {drift.item() = :.4f}")
 #
 # Next: :func:`weightshare.grad_contributions`, :func:`weightshare.count_parameters`
 # and :func:`weightshare.shared_groups` in the :doc:`API reference </api>`, and the
-# other pages of the :ref:`gallery <sphx_glr_auto_examples>`.
+# other pages of the :ref:`gallery <gallery>`.

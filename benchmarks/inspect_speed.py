@@ -2,8 +2,8 @@
 
 Two models, both built without allocating their weights where that matters:
 
-* GPT-2 small shaped (V=50257, d=768, 12 layers, 12 heads, context 1024; ``wte``
-  tied to ``lm_head``), built on the meta device;
+* GPT-2 small (V=50257, d=768, 12 layers, 12 heads, context 1024; ``wte`` tied to
+  ``lm_head``): ``weightshare.models.GPT``, built on the meta device;
 * a 200-layer ``nn.Sequential`` of small ``nn.Linear`` layers, every other one tied
   to the layer before it (100 tie groups).
 
@@ -13,24 +13,15 @@ the median over the rounds and as a ratio to the walk's median. The goal is each
 operation well under 50 ms; the last line is ``inspect benchmark: ok`` when it is
 met (exit status 1 otherwise).
 
-Usage: python benchmarks/inspect.py [--quick] [--rounds N]
+Usage: python benchmarks/inspect_speed.py [--quick] [--rounds N]
 (``--quick``: tiny models and few rounds, a smoke test of a few seconds.)
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file shares its name with the standard library's ``inspect``. Run as a script,
-# its folder is sys.path[0] and would shadow that module for torch: drop the entry.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
-    os.path.abspath(__file__)
-):
-    del sys.path[0]
-
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,63 +30,30 @@ import torch
 from torch import nn
 
 import weightshare as ws
+from weightshare.models import GPT, GPTConfig
 
 GOAL_MS = 50.0
 
 
 @dataclass(frozen=True)
 class Shape:
-    vocab: int
-    dim: int
-    layers: int
-    context: int
+    gpt: GPTConfig
     seq_layers: int
     rounds: int
 
 
-FULL = Shape(vocab=50257, dim=768, layers=12, context=1024, seq_layers=200, rounds=51)
-QUICK = Shape(vocab=1000, dim=64, layers=2, context=64, seq_layers=20, rounds=5)
-
-
-class Block(nn.Module):
-    """One GPT-2 block's parameters (attention heads do not change the shapes)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
-        self.attn = nn.ModuleDict(
-            {"c_attn": nn.Linear(dim, 3 * dim), "c_proj": nn.Linear(dim, dim)}
-        )
-        self.ln_2 = nn.LayerNorm(dim)
-        self.mlp = nn.ModuleDict(
-            {"c_fc": nn.Linear(dim, 4 * dim), "c_proj": nn.Linear(4 * dim, dim)}
-        )
-
-
-class GPT2Shaped(nn.Module):
-    """GPT-2's parameter layout, ``transformer.wte`` tied to ``lm_head``."""
-
-    def __init__(self, shape: Shape) -> None:
-        super().__init__()
-        v, d = shape.vocab, shape.dim
-        self.transformer = nn.ModuleDict(
-            {
-                # _weight skips the normal_ init, slow on meta the first time
-                "wte": nn.Embedding(v, d, _weight=torch.empty(v, d)),
-                "wpe": nn.Embedding(
-                    shape.context, d, _weight=torch.empty(shape.context, d)
-                ),
-                "h": nn.ModuleList(Block(d) for _ in range(shape.layers)),
-                "ln_f": nn.LayerNorm(d),
-            }
-        )
-        self.lm_head = nn.Linear(d, v, bias=False)
-        self.lm_head.weight = self.transformer["wte"].weight
+FULL = Shape(gpt=GPTConfig(), seq_layers=200, rounds=51)  # GPT-2 small
+QUICK = Shape(
+    gpt=GPTConfig(vocab_size=1000, context=64, n_layer=2, n_head=2, d_model=64),
+    seq_layers=20,
+    rounds=5,
+)
 
 
 def gpt2(shape: Shape) -> nn.Module:
+    """The gallery's GPT (wte tied to lm_head), built on the meta device: no memory."""
     with torch.device("meta"):
-        return GPT2Shaped(shape)
+        return GPT(shape.gpt)
 
 
 def deep(shape: Shape) -> nn.Module:

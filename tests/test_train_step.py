@@ -1,0 +1,143 @@
+"""benchmarks/train_step.py runs (a tiny smoke test, not timed) and writes its JSON;
+benchmarks/report.py tabulates and plots any results, and none."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_step.py"
+
+
+def _load(name: str) -> Any:
+    """A module of benchmarks/ (a folder of scripts, not a package)."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("report")
+train_step = _load("train_step")
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("results")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"]
+    result = subprocess.run(
+        [*command, "--out", str(out)],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = list(out.glob("train_step-cpu-*.json"))
+    assert len(files) == 1, result.stdout
+    assert f"wrote {files[0]}" in result.stdout
+    record: dict[str, Any] = json.loads(files[0].read_text())
+    return record
+
+
+def test_the_record_has_every_documented_key(tiny_result: dict[str, Any]) -> None:
+    for key in ("benchmark", "schema", "date", "device", "load_average", "torch"):
+        assert key in tiny_result
+    for key in ("config", "analytic_saving_bytes", "peak_bf16_flops"):
+        assert key in tiny_result
+    assert tiny_result["device"]["type"] == "cpu"
+    assert tiny_result["device"]["name"]
+    assert tiny_result["config"]["shape"] == "tiny"
+    assert tiny_result["date"][:2] == "20"
+
+
+def test_tied_and_untied_rows(tiny_result: dict[str, Any]) -> None:
+    runs = tiny_result["runs"]
+    assert [(r["tied"], r["compiled"]) for r in runs] == [(True, False), (False, False)]
+    tied, untied = runs
+    v, d = tiny_result["config"]["vocab_size"], tiny_result["config"]["d_model"]
+    assert untied["parameters"] - tied["parameters"] == v * d
+    assert tied["matmul_parameters"] == untied["matmul_parameters"]
+    assert tied["flops_per_token"] == untied["flops_per_token"]
+    for run in runs:
+        assert run["step_ms"] > 0 and run["tokens_per_s"] > 0
+        assert run["mfu"] is None  # a CPU has no known bf16 peak
+        assert len(run["step_ms_samples"]) == tiny_result["config"]["rounds"]
+
+
+def test_memory_saving_is_reported_against_16_v_d(tiny_result: dict[str, Any]) -> None:
+    config = tiny_result["config"]
+    analytic = 16 * config["vocab_size"] * config["d_model"]
+    assert tiny_result["analytic_saving_bytes"] == analytic
+    (comparison,) = tiny_result["comparisons"]
+    # The training state loses the V×d weight, its gradient and two AdamW moments,
+    # plus the 4-byte step counter AdamW keeps per parameter.
+    assert comparison["state_saved_bytes"] == analytic + 4
+    assert comparison["memory_saved_bytes"] == comparison["state_saved_bytes"]
+    assert comparison["memory_saved_vs_analytic"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_goals_are_judged_or_left_open(tiny_result: dict[str, Any]) -> None:
+    goals = {g["goal"].split(" (")[0]: g for g in tiny_result["goals"]}
+    assert goals["memory saved within 10% of 16·V·d"]["met"] is True
+    # Two rounds cannot tell a difference from noise, and a CPU has no MFU goal.
+    assert goals["tied step time / untied <= 1.00 within noise"]["met"] is None
+    mfu = [g for g in tiny_result["goals"] if g["goal"].startswith("MFU")]
+    assert mfu[0]["met"] is None and "H100" in mfu[0]["note"]
+
+
+def test_report_tabulates_and_plots_results(
+    tiny_result: dict[str, Any], tmp_path: Path
+) -> None:
+    (tmp_path / "train_step-cpu-x-1.json").write_text(json.dumps(tiny_result))
+    results = report.load_results(tmp_path)
+    table = report.results_table(results)
+    assert table.count("\n") == 2  # header, rule, one row
+    assert "| eager |" in table and "| 1.0000 |" in table
+    assert "open" in report.goals_table(results)
+    figure = report.plot_results(results)
+    assert len(figure.axes) == 2
+    plt.close(figure)
+
+
+def test_report_handles_no_results(tmp_path: Path) -> None:
+    assert report.load_results(tmp_path) == []
+    assert "No results" in report.results_table([])
+    assert "open" in report.goals_table([])
+    figure = report.plot_results([])
+    assert figure.get_suptitle() == "no results recorded yet"
+    plt.close(figure)
+
+
+def test_recorded_results_follow_the_format() -> None:
+    for result in report.load_results():
+        assert result["benchmark"] == "train_step" and result["schema"] == 1
+        assert len(result["runs"]) == 2 * len(result["comparisons"])
+        if result["device"]["type"] != "cuda":
+            assert result["config"]["memory_method"].startswith("training-state")
+
+
+def test_the_time_ratio_pairs_rounds_so_a_slow_spell_cancels() -> None:
+    # Round 3 ran while the machine was busy: both models took 10x longer.
+    tied = {"step_ms_samples": [9.0, 9.0, 90.0, 9.0, 9.0], "memory_bytes": 0}
+    untied = {"step_ms_samples": [10.0, 10.0, 100.0, 10.0, 10.0], "memory_bytes": 0}
+    for run in (tied, untied):
+        run.update(compiled=False, state_bytes=0)
+    comparison = train_step.compare([tied, untied], analytic=1)
+    assert comparison["step_time_ratio"] == pytest.approx(0.9)
+    assert comparison["step_time_ratio_error"] == 0.0  # every round agrees
