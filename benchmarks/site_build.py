@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -27,15 +28,17 @@ GOALS = {"cold build": 90.0, "no-op rebuild": 5.0}
 
 
 def timed(*target: str) -> float:
-    """Seconds that `make TARGET` takes; raises if it fails."""
+    """Seconds that `make TARGET` takes; exits with make's output if it fails."""
     start = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         ["make", "--no-print-directory", *target],
         cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if done.returncode:
+        sys.exit(f"make {' '.join(target)} failed:\n{done.stdout[-3000:]}{done.stderr}")
     return time.perf_counter() - start
 
 
@@ -47,15 +50,17 @@ def main() -> None:
 
     timed("venv")  # set-up is not part of any measurement
     timed("clean")
-    results = {"cold build": timed("html"), "no-op rebuild": timed("html")}
+    steps = [("cold build", "html"), ("no-op rebuild", "html")]
     if not args.no_test:
-        results["make test"] = timed("test")
-    for name, seconds in results.items():
+        steps.append(("make test", "test"))
+    results = {}
+    for name, target in steps:
+        results[name] = seconds = timed(target)
         goal = GOALS.get(name)
         verdict = ""
         if goal is not None:
             verdict = f" (goal < {goal:.0f} s: {'met' if seconds < goal else 'MISSED'})"
-        print(f"{name:>14}: {seconds:7.1f} s{verdict}")
+        print(f"{name:>14}: {seconds:7.1f} s{verdict}", flush=True)
     if args.json:
         record = {
             "date": date.today().isoformat(),
