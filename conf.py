@@ -59,7 +59,6 @@ sphinx_gallery_conf = {
     ],
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("weightshare",),
-    "reference_url": {"weightshare": None},
     "backreferences_dir": "gen_modules/backreferences",
     "image_scrapers": ("matplotlib", "weightshare.gallery.graphviz_scraper"),
     "reset_modules": ("matplotlib", "weightshare.gallery.reset_seeds"),
