@@ -30,7 +30,6 @@ extensions = [
 ]
 
 root_doc = "index"
-exclude_patterns = ["sg_execution_times.rst"]
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
 
