@@ -151,16 +151,6 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of parameters, gradients and optimizer state, each storage once."""
-    tensors = [*model.parameters()]
-    tensors += [p.grad for p in model.parameters() if p.grad is not None]
-    for state in optimizer.state.values():
-        tensors += [t for t in state.values() if isinstance(t, torch.Tensor)]
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in tensors}
-    return sum(s.nbytes() for s in storages.values())
-
-
 def matmul_parameters(model: GPT) -> int:
     """N of the PaLM formula: parameters that take part in matrix multiplies.
 
@@ -226,7 +216,7 @@ def run_mode(
         for _ in range(shape.warmup):
             step(idx, targets)
         synchronize(device)
-        state = state_bytes(model, optimizer)
+        state = weightshare.training_state_bytes(model, optimizer)
         if device.type == "cuda":
             memory = torch.cuda.max_memory_allocated(device) - base
         else:

@@ -307,7 +307,8 @@ print(f"{true_norm.item() = :.4f}, {doubled_norm.item() = :.4f}")
 #
 # Memory is the peak of ``torch.cuda.max_memory_allocated`` on CUDA. On MPS and the
 # CPU it is the training state: the bytes of the parameters, gradients and AdamW
-# state, counting each storage once. The training state is measured on every device.
+# state, counting each storage once (:func:`weightshare.training_state_bytes`). The
+# training state is measured on every device.
 import statistics
 import time
 from dataclasses import replace
@@ -319,16 +320,6 @@ def synchronize() -> None:
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def training_state_bytes(net: nn.Module, opt: torch.optim.Optimizer) -> int:
-    """Bytes of parameters, gradients and optimizer state, each storage once."""
-    tensors = [*net.parameters()]
-    tensors += [p.grad for p in net.parameters() if p.grad is not None]
-    for state in opt.state.values():
-        tensors += [t for t in state.values() if isinstance(t, torch.Tensor)]
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in tensors}
-    return sum(s.nbytes() for s in storages.values())
 
 
 def build(tied: bool) -> tuple[Step, dict[str, float]]:
@@ -343,7 +334,7 @@ def build(tied: bool) -> tuple[Step, dict[str, float]]:
     step = make_train_step(net, opt)
     step(idx, targets)
     synchronize()
-    state = training_state_bytes(net, opt)
+    state = weightshare.training_state_bytes(net, opt)
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated() - base
     else:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._checkpoint import checkpoint_groups, load, save
-    from ._count import ParameterCount, count_parameters
+    from ._count import ParameterCount, count_parameters, training_state_bytes
     from ._errors import (
         BrokenTieError,
         CheckpointError,
@@ -50,6 +50,7 @@ _HOMES = {
     "save": "_checkpoint",
     "ParameterCount": "_count",
     "count_parameters": "_count",
+    "training_state_bytes": "_count",
     "BrokenTieError": "_errors",
     "CheckpointError": "_errors",
     "NotAParameterError": "_errors",
@@ -99,5 +100,6 @@ __all__ = [
     "shared_groups",
     "storage_aliases",
     "tie",
+    "training_state_bytes",
     "untie",
 ]

@@ -9,7 +9,7 @@ from torch import nn
 
 from ._names import named
 
-__all__ = ["ParameterCount", "count_parameters"]
+__all__ = ["ParameterCount", "count_parameters", "training_state_bytes"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,55 @@ unique_tensors=1, names=2)
         unique_tensors=len(unique),
         names=len(pairs),
     )
+
+
+def training_state_bytes(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> int:
+    """Bytes that training holds for a model: parameters, gradients, optimizer state.
+
+    Each storage is counted once, so a tied weight, its one gradient and its one
+    set of optimizer moments count once however many names it has. This is the
+    memory that tying saves, measured rather than assumed, on any device.
+
+    Parameters
+    ----------
+    model : ``torch.nn.Module``
+        The model whose parameters and their ``.grad`` are counted.
+    optimizer : ``torch.optim.Optimizer``, optional
+        Also count the tensors in its state (e.g. AdamW's two moments and step).
+
+    Returns
+    -------
+    int
+        The bytes of all unique storages.
+
+    Examples
+    --------
+    With AdamW, an untied V×d output matrix costs 16·V·d bytes (weight, gradient and
+    two moments, 4 bytes each) plus 4 for its own step counter:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import weightshare as ws
+    >>> def after_one_step(tied):
+    ...     torch.manual_seed(0)
+    ...     model = nn.ModuleDict({"emb": nn.Embedding(10, 4),
+    ...                            "head": nn.Linear(4, 10, bias=False)})
+    ...     if tied:
+    ...         model.head.weight = model.emb.weight
+    ...     optimizer = torch.optim.AdamW(model.parameters())
+    ...     model.head(model.emb(torch.tensor([1, 2]))).sum().backward()
+    ...     optimizer.step()
+    ...     return ws.training_state_bytes(model, optimizer)
+    >>> after_one_step(tied=False) - after_one_step(tied=True)
+    644
+    """
+    params = list(model.parameters())
+    tensors = params + [p.grad for p in params if p.grad is not None]
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tensors += [t for t in state.values() if isinstance(t, torch.Tensor)]
+    # _cdata identifies the storage itself, also on the meta device (data_ptr() is 0).
+    storages = {t.untyped_storage()._cdata: t.untyped_storage() for t in tensors}
+    return sum(s.nbytes() for s in storages.values())
