@@ -68,4 +68,5 @@ test: $(STAMP) dot  ## run the whole test suite (unit tests, examples, doctests,
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered
 
 clean:  ## remove the built site and the generated gallery (keeps .venv)
-	rm -rf $(BUILD) docs/auto_examples docs/gen_modules docs/sg_execution_times.rst
+	rm -rf $(BUILD) build docs/auto_examples docs/gen_modules docs/sg_execution_times.rst \
+	  docs/_wheel

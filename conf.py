@@ -8,8 +8,9 @@ import os
 import sys
 from importlib.metadata import version as _version
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
 # The repository root, so that `benchmarks.report` imports (extension and plot code).
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 project = "weightshare"
 author = "the weightshare authors"
@@ -30,7 +31,7 @@ extensions = [
 ]
 
 root_doc = "index"
-myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
+myst_enable_extensions = ["attrs_block", "colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
 
 # -- API pages -------------------------------------------------------------------------
@@ -40,11 +41,33 @@ napoleon_google_docstring = False
 # Nitpicky builds resolve every cross-reference; these targets live in other projects'
 # docs, which an offline build cannot reach.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(torch|numpy|np|nn|os|collections\.abc|typing)\..*"),
+    (r"py:.*", r"(torch|numpy|np|nn|os|pathlib|collections\.abc|typing)\..*"),
     (r"py:.*", r"(Tensor|Module|Parameter|Path|PathLike|Callable|Sequence|Mapping)"),
     (r"py:.*", r"(Any|Literal|Iterator|None|str|int|float|bool|list|dict|tuple)"),
     (r"py:.*", r"(optional|default.*)"),
 ]
+
+
+# -- Running a downloaded example -----------------------------------------------------
+# Each gallery page tells its reader how to run its script at home: a fresh virtual
+# environment with these pinned packages and this library's wheel, which every build
+# makes from src/ and offers for download (weightshare.gallery, add_run_instructions).
+# The notebooks' first cell installs the same.
+def _pins(*names: str) -> list[str]:
+    """``name==version`` lines of requirements.txt, for the given package names."""
+    pins = {}
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        for line in f:
+            name, _, pinned = line.strip().partition("==")
+            pins[name.lower()] = f"{name}=={pinned}"
+    return [pins[name] for name in names]
+
+
+weightshare_run_requirements = _pins(
+    "torch", "matplotlib", "scikit-learn", "torchviz", "graphviz"
+)
+weightshare_wheel_project = ROOT
+WHEEL = f"weightshare-{release}-py3-none-any.whl"
 
 # -- Gallery ---------------------------------------------------------------------------
 sphinx_gallery_conf = {
@@ -66,11 +89,11 @@ sphinx_gallery_conf = {
     "min_reported_time": 0,
     "download_all_examples": True,
     "first_notebook_cell": (
-        "# Installs what the examples need; skip it where they are installed.\n"
-        "# Drawing autograd graphs also needs Graphviz's `dot` program (the system\n"
-        "# package 'graphviz'). weightshare is not on PyPI yet: pip install the wheel\n"
-        "# from the site's Install section, or `pip install -e .` in a clone.\n"
-        "%pip install torch matplotlib scikit-learn torchviz graphviz"
+        "# Installs what this example needs (skip it where they are installed).\n"
+        "# The weightshare wheel must be in this notebook's folder: download it from\n"
+        "# the bottom of the example's page. Drawing autograd graphs also needs\n"
+        "# Graphviz's dot program (the system package 'graphviz').\n"
+        f"%pip install {' '.join(weightshare_run_requirements)} {WHEEL}"
     ),
 }
 
@@ -93,12 +116,18 @@ html_theme = "pydata_sphinx_theme"
 html_title = "weightshare"
 html_static_path = ["docs/_static"]
 html_css_files = ["weightshare.css"]
+html_math_renderer = "mathml"  # weightshare.gallery: static MathML, no MathJax
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc", "sg_download_links"],
 }
 html_show_sourcelink = False
+html_favicon = "docs/_static/favicon.svg"
+html_search_scorer = "docs/_static/search_scorer.js"  # titles with the query first
+# A reader who never chose a mode gets the system's; without this, the theme logs
+# "Got invalid theme mode" to the console on a first visit.
+html_context = {"default_mode": "auto"}
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True
 

@@ -110,6 +110,12 @@ Title
     value = 6
     print(value)
 
+.. rst-class:: sphx-glr-script-out
+
+.. code-block:: none
+
+    6
+
 .. GENERATED FROM PYTHON SOURCE LINES 13-14
 
 >>> value
@@ -159,8 +165,8 @@ def test_cell_traceback_points_at_script_line() -> None:
 
 def test_only_cells_after_generated_comments_are_marked() -> None:
     doctree = _marked_doctree()
-    output_block = list(doctree.findall(nodes.literal_block))[1]
-    assert "testnodetype" not in output_block  # an output block is no code cell
+    for output_block in list(doctree.findall(nodes.literal_block))[1:]:
+        assert "testnodetype" not in output_block  # an output block is no code cell
     doctests = list(doctree.findall(nodes.doctest_block))
     assert len(doctests) == 1
 
@@ -179,3 +185,63 @@ def test_setup_connects_to_doctree_read() -> None:
     metadata = gallery.setup(app)
     assert connected == [("doctree-read", gallery.mark_gallery_cells)]
     assert metadata["parallel_read_safe"] is True
+
+
+def test_a_cell_must_print_what_the_page_recorded() -> None:
+    cell = next(iter(_marked_doctree().findall(nodes.literal_block)))
+    assert "recorded='6'" in cell["test"]
+    exec(cell["test"], {})  # prints 6, as recorded: passes
+    wrong = cell["test"].replace("recorded='6'", "recorded='7'")
+    with pytest.raises(AssertionError) as info:
+        exec(wrong, {})
+    message = str(info.value)
+    assert "-7\n+6" in message  # a diff: the page said 7, this run printed 6
+    assert "plot_x.py" in message
+    assert "make html-rerun" in message
+
+
+def test_a_page_built_without_running_examples_compares_nothing() -> None:
+    unexecuted = GENERATED_PAGE.split(".. rst-class::")[0]
+    doctree = publish_doctree(
+        unexecuted,
+        source_path="auto_examples/plot_x.rst",
+        settings_overrides={"report_level": 5},
+    )
+    gallery.mark_gallery_cells(None, doctree)
+    cell = next(iter(doctree.findall(nodes.literal_block)))
+    assert "recorded=None" in cell["test"]
+
+
+def test_run_cell_shows_prints_then_the_last_value_like_sphinx_gallery() -> None:
+    namespace: dict[str, Any] = {}
+    shown = gallery.run_cell("x = 2\nprint('x is', x)\nx * 21", "c.py", namespace)
+    assert shown == "x is 2\n\n42"
+    assert namespace["x"] == 2
+    assert gallery.run_cell("print('only')", "c.py", {}) == "only\n"
+    assert gallery.run_cell("None", "c.py", {}) == ""
+
+
+def test_run_cell_shows_no_text_for_graphs_or_html_reprs() -> None:
+    class Html:
+        def _repr_html_(self) -> str:
+            return "<b>bold</b>"
+
+    class BrokenHtml:
+        def _repr_html_(self) -> str:
+            raise ValueError("no html")
+
+        def __repr__(self) -> str:
+            return "plain"
+
+    namespace = {"Html": Html, "BrokenHtml": BrokenHtml, "graph": _digraph()}
+    assert gallery.run_cell("graph", "c.py", namespace, recorded="") == ""
+    assert gallery.run_cell("Html()", "c.py", namespace) == ""
+    assert gallery.run_cell("BrokenHtml()", "c.py", namespace) == "\nplain"
+
+
+def test_run_cell_skips_wall_clock_lines_and_addresses() -> None:
+    code = "print('loss 0.25')\nprint('took 1.2 s (wall clock)')\nobject()"
+    recorded = "loss 0.25\ntook 9.9 s (wall clock)\n\n<object object at 0x7f00deadbeef>"
+    gallery.run_cell(code, "c.py", {}, recorded=recorded)
+    with pytest.raises(AssertionError, match=r"-loss 0\.26\n\+loss 0\.25"):
+        gallery.run_cell(code, "c.py", {}, recorded=recorded.replace("25", "26"))

@@ -13,7 +13,9 @@ Three pieces, each usable on its own in any Sphinx project:
     A Sphinx extension (add ``"weightshare.gallery"`` to ``extensions``). It makes the
     doctest builder run a gallery page's code cells in page order, with the doctest
     blocks of the page's text in between, so a ``>>>`` claim in the prose is checked
-    against the state the page's own code has built at that point.
+    against the state the page's own code has built at that point. Each cell must also
+    print what the html build recorded on the page (``run_cell``): two runs, the same
+    numbers.
 
 This module is not imported by ``import weightshare``; it needs no Sphinx at import.
 """
@@ -21,12 +23,29 @@ This module is not imported by ``import weightshare``; it needs no Sphinx at imp
 from __future__ import annotations
 
 import ast
+import contextlib
+import difflib
+import io
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["graphviz_scraper", "render_svg", "reset_seeds", "setup"]
+__all__ = [
+    "WALL_CLOCK",
+    "add_run_instructions",
+    "build_wheel",
+    "drop_remote_scripts",
+    "graphviz_scraper",
+    "render_svg",
+    "reset_seeds",
+    "run_cell",
+    "run_commands",
+    "setup",
+    "tex_to_mathml",
+]
 
 SEED = 0
 _GENERATED = re.compile(r"GENERATED FROM PYTHON SOURCE LINES (\d+)-(\d+)")
@@ -118,20 +137,120 @@ def graphviz_scraper(block: Any, block_vars: dict[str, Any], gallery_conf: Any) 
 
 
 _CELL_TEMPLATE = """\
-import contextlib as _ws_contextlib, io as _ws_io
-with _ws_contextlib.redirect_stdout(_ws_io.StringIO()):
-    exec(compile({source!r}, {filename!r}, "exec"), globals())
+from weightshare.gallery import run_cell as _ws_run_cell
+_ws_run_cell({source!r}, {filename!r}, globals(), recorded={recorded!r})
 """
+#: A printed line that contains this marker is a wall-clock reading (a time or a
+#: ratio of times); it differs from run to run, so ``run_cell`` does not compare it.
+WALL_CLOCK = "(wall clock)"
+_REMOTE_SCRIPT = re.compile(r"<script[^>]+src=[\"']?(https?:)?//", re.IGNORECASE)
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
 
 
-def _cell_test(code: str, filename: str, first_line: int) -> str:
-    """Doctest source that runs a code cell silently in the page's namespace.
+def _cell_test(
+    code: str, filename: str, first_line: int, recorded: str | None = None
+) -> str:
+    """Doctest source that runs a code cell in the page's namespace.
 
-    The cell's printed output is already on the page; the claims are the doctests.
     Leading newlines keep tracebacks pointing at the example file's own lines.
+    ``recorded`` is what the html build printed for the cell (see :func:`run_cell`).
     """
     source = "\n" * (first_line - 1) + code
-    return _CELL_TEMPLATE.format(source=source, filename=filename)
+    return _CELL_TEMPLATE.format(source=source, filename=filename, recorded=recorded)
+
+
+def _shown_repr(value: object, ignore_repr_types: str) -> str | None:
+    """The text sphinx-gallery shows for a cell's last expression, if any.
+
+    Like sphinx-gallery's default ``capture_repr = ("_repr_html_", "__repr__")``: a
+    value with an HTML repr is shown as HTML (no text), ``None`` and ignored types
+    show nothing, anything else shows its ``repr``.
+    """
+    if value is None or re.search(ignore_repr_types, str(type(value))):
+        return None
+    html = getattr(value, "_repr_html_", None)
+    if callable(html):
+        try:
+            if isinstance(html(), str):
+                return None
+        except Exception:  # sphinx-gallery falls back to __repr__ too
+            pass
+    text = repr(value)
+    return None if text == "None" else text
+
+
+def _comparable(printed: str) -> list[str]:
+    """Printed lines as two runs compare them: no wall-clock lines, no addresses."""
+    lines = [
+        _ADDRESS.sub("0x…", line.rstrip())
+        for line in printed.expandtabs().splitlines()
+        if WALL_CLOCK not in line
+    ]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def run_cell(
+    code: str,
+    filename: str,
+    namespace: dict[str, Any],
+    recorded: str | None = None,
+    *,
+    ignore_repr_types: str = r"graphviz\.",
+) -> str:
+    """Run one gallery code cell in ``namespace`` and return what it shows.
+
+    What it shows is its printed output followed, when the cell ends with an
+    expression, by that value's repr, exactly as sphinx-gallery records it. When
+    ``recorded`` (the output the html build put on the page) is given, the two must
+    match line for line, except lines marked :data:`WALL_CLOCK` and memory
+    addresses: this is how ``make doctest`` checks that a second run of every page
+    gives the numbers the published page shows.
+
+    Raises
+    ------
+    AssertionError
+        If this run shows something other than ``recorded``; the message has a diff.
+    """
+    tree = ast.parse(code, filename)
+    last = tree.body[-1] if tree.body else None
+    if isinstance(last, ast.Expr):
+        tree.body.pop()
+    buffer = io.StringIO()
+    value = None
+    with contextlib.redirect_stdout(buffer):
+        exec(compile(tree, filename, "exec"), namespace)
+        if isinstance(last, ast.Expr):
+            expression = ast.Expression(last.value)
+            value = eval(compile(expression, filename, "eval"), namespace)
+    shown = buffer.getvalue()
+    text = _shown_repr(value, ignore_repr_types)
+    if text:
+        shown = f"{shown}\n{text}"
+    if recorded is not None and _comparable(shown) != _comparable(recorded):
+        first = next(
+            (n for n, line in enumerate(code.splitlines(), 1) if line.strip()), 1
+        )
+        diff = "\n".join(
+            difflib.unified_diff(
+                _comparable(recorded),
+                _comparable(shown),
+                "page (html build)",
+                "this run",
+                lineterm="",
+            )
+        )
+        raise AssertionError(
+            f"The cell at line {first} of {filename} printed something other than "
+            f"the page shows:\n{diff}\nIf src/ or the example changed since the "
+            "page was built, rebuild it with `make html-rerun`. Otherwise the number "
+            "is not reproducible: seed what draws it, or, if it is a time, print it on "
+            f"a line marked {WALL_CLOCK!r}."
+        )
+    return shown
 
 
 def _is_output_or_marked(block: Any) -> bool:
@@ -141,18 +260,45 @@ def _is_output_or_marked(block: Any) -> bool:
     return bool(output or "none" in classes or "testnodetype" in block)
 
 
+def _is_script_output(node: Any) -> bool:
+    from docutils import nodes
+
+    classes = node.get("classes", []) if isinstance(node, nodes.Element) else []
+    return isinstance(node, nodes.literal_block) and "sphx-glr-script-out" in classes
+
+
+def _recorded_output(siblings: list[Any], index: int) -> str:
+    """The output block the html build wrote after the cell at ``siblings[index]``.
+
+    It lies between the cell and the next ``GENERATED`` comment; a cell that printed
+    nothing has none, and then its recorded output is empty.
+    """
+    from docutils import nodes
+
+    for node in siblings[index + 1 :]:
+        if isinstance(node, nodes.comment) and _GENERATED.fullmatch(
+            node.astext().strip()
+        ):
+            break
+        if _is_script_output(node):
+            return str(node.astext())
+    return ""
+
+
 def mark_gallery_cells(app: Any, doctree: Any) -> None:
     """Turn each gallery code cell of ``doctree`` into a ``testcode`` node.
 
     sphinx-gallery writes ``.. GENERATED FROM PYTHON SOURCE LINES a-b`` before every
     block; a literal block right after such a comment is a code cell. The doctest
     builder then runs cells and the text's doctest blocks in document order, in one
-    namespace per page.
+    namespace per page. When the page was built with its examples run (it has output
+    blocks), each cell must also print what the page shows (:func:`run_cell`).
     """
     from docutils import nodes
 
     # sphinx-gallery keeps a copy of the example script beside the generated page.
     script = str(Path(doctree.get("source", "example.rst")).with_suffix(".py"))
+    executed = any(doctree.findall(_is_script_output))
     for comment in list(doctree.findall(nodes.comment)):
         match = _GENERATED.fullmatch(comment.astext().strip())
         if match is None:
@@ -164,13 +310,218 @@ def mark_gallery_cells(app: Any, doctree: Any) -> None:
         cell = siblings[index + 1]
         if not isinstance(cell, nodes.literal_block) or _is_output_or_marked(cell):
             continue
+        recorded = _recorded_output(siblings, index + 1) if executed else None
         cell["testnodetype"] = "testcode"
         cell["groups"] = ["default"]
         cell["options"] = {}
-        cell["test"] = _cell_test(cell.astext(), script, int(match.group(1)))
+        cell["test"] = _cell_test(cell.astext(), script, int(match.group(1)), recorded)
+
+
+def _newest_mtime(project: Path) -> float:
+    """The newest modification time of the files ``project``'s wheel is built from."""
+    files = [project / "pyproject.toml", *(project / "src").rglob("*")]
+    built = {"__pycache__", "build"}  # written by imports and builds, not sources
+    return max(
+        f.stat().st_mtime
+        for f in files
+        if f.is_file()
+        and not built.intersection(f.relative_to(project).parts)
+        and not any(p.endswith(".egg-info") for p in f.relative_to(project).parts)
+    )
+
+
+def build_wheel(project: str | Path, dest: str | Path) -> Path:
+    """Build the wheel of ``project`` into ``dest``; reuse it while it is up to date.
+
+    A wheel already in ``dest`` is kept when no file of ``project/src`` or its
+    ``pyproject.toml`` is newer, so a rebuild with nothing changed costs nothing.
+    The wheel is built with the running Python's pip, without build isolation (the
+    build backend must be installed) and without dependencies.
+
+    Raises
+    ------
+    RuntimeError
+        If pip fails; the message has pip's output.
+    """
+    project, dest = Path(project), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) == 1 and wheels[0].stat().st_mtime >= _newest_mtime(project):
+        return wheels[0]
+    for old in wheels:
+        old.unlink()
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps"]
+    command += ["--no-build-isolation", "--disable-pip-version-check", "--quiet"]
+    command += ["--wheel-dir", str(dest), str(project)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheels = sorted(dest.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        raise RuntimeError(
+            f"Building the wheel of {project} failed (pip exit {done.returncode}):\n"
+            f"{done.stdout}{done.stderr}"
+        )
+    return wheels[0]
+
+
+def _offer_wheel(app: Any) -> None:
+    """``builder-inited``: build the configured wheel into ``<srcdir>/_wheel``."""
+    project = app.config.weightshare_wheel_project
+    if project:
+        dest = Path(app.srcdir) / "_wheel"
+        app.env.weightshare_wheel = build_wheel(project, dest).name
+
+
+def run_commands(requirements: list[str], wheel: str, script: str) -> str:
+    """The shell lines that set up a fresh environment and run a downloaded script."""
+    install = " ".join([*requirements, wheel] if wheel else requirements)
+    return (
+        "python3 -m venv .venv\n"
+        ". .venv/bin/activate  # on Windows: .venv\\Scripts\\activate\n"
+        f"pip install {install}\n"
+        f"python {script}\n"
+    )
+
+
+def _is_gallery_footer(node: Any) -> bool:
+    from docutils import nodes
+
+    classes = node.get("classes", []) if isinstance(node, nodes.Element) else []
+    return isinstance(node, nodes.container) and "sphx-glr-footer-example" in classes
+
+
+def add_run_instructions(app: Any, doctree: Any) -> None:
+    """``doctree-read``: tell the reader of a gallery page how to run it at home.
+
+    Before the page's download buttons it adds a box with the commands that create a
+    fresh virtual environment, install ``weightshare_run_requirements`` and the
+    wheel, and run the script (the notebook's first cell installs the same), and it
+    adds the wheel to the download buttons.
+    """
+    from docutils import nodes
+    from sphinx import addnodes
+
+    footer = next(iter(doctree.findall(_is_gallery_footer)), None)
+    if footer is None:
+        return
+    wheel = getattr(app.env, "weightshare_wheel", "")
+    script = Path(app.env.docname).name + ".py"
+    box = nodes.admonition(classes=["ws-run-it", "tip"])
+    box += nodes.title(text="Run this example on your own machine")
+    intro = nodes.paragraph()
+    if wheel:
+        intro += nodes.Text(
+            "Download the Python script (or the notebook) and the weightshare wheel "
+            "below into an empty folder. weightshare is not on PyPI; the wheel is "
+            "built from the same source as this page. Then, in that folder, run:"
+        )
+    else:
+        intro += nodes.Text("Download the Python script below, and in its folder run:")
+    box += intro
+    commands = run_commands(app.config.weightshare_run_requirements, wheel, script)
+    box += nodes.literal_block(
+        commands, commands, language="bash", classes=["ws-run-commands"]
+    )
+    box += nodes.paragraph(
+        text="A notebook installs the same packages in its first cell: open it in "
+        "Jupyter from that folder and run all cells. Drawing autograd graphs also "
+        "needs Graphviz's dot program (the system package graphviz). The versions "
+        "are the ones this page was built and tested with."
+    )
+    footer.parent.insert(footer.parent.index(footer), box)
+    if wheel:
+        button = nodes.container(classes=["sphx-glr-download", "ws-download-wheel"])
+        line = nodes.paragraph()
+        line += addnodes.download_reference(
+            "",
+            "",
+            nodes.literal("", f"Download the weightshare wheel: {wheel}"),
+            reftarget=f"/_wheel/{wheel}",
+            refdoc=app.env.docname,
+            refdomain="",
+            reftype="download",
+            refexplicit=True,
+            refwarn=False,
+        )
+        button += line
+        footer += button
+
+
+def tex_to_mathml(tex: str, block: bool = False) -> str:
+    """``tex`` as MathML, which browsers render with no script and no network.
+
+    Uses docutils' LaTeX-to-MathML converter (the common LaTeX math commands).
+
+    Raises
+    ------
+    ValueError
+        If the converter does not know a command; the message names the formula.
+    """
+    from docutils.utils.math import MathError, latex2mathml
+
+    try:
+        return str(latex2mathml.tex2mathml(tex, as_block=block))
+    except MathError as err:
+        raise ValueError(f"cannot write {tex!r} as MathML: {err}") from err
+
+
+def _math_html(translator: Any, node: Any, block: bool) -> None:
+    from docutils import nodes
+    from sphinx.util import logging
+
+    try:
+        markup = tex_to_mathml(node.astext(), block)
+    except ValueError as err:
+        logging.getLogger(__name__).warning(str(err), location=node)
+        markup = f"<code>{translator.encode(node.astext())}</code>"
+    tag = "div" if block else "span"
+    translator.body.append(translator.starttag(node, tag, CLASS="math notranslate"))
+    translator.body.append(markup + f"</{tag}>")
+    raise nodes.SkipNode
+
+
+def _visit_math(translator: Any, node: Any) -> None:
+    _math_html(translator, node, block=False)
+
+
+def _visit_displaymath(translator: Any, node: Any) -> None:
+    _math_html(translator, node, block=True)
+
+
+def drop_remote_scripts(app: Any, doctree: Any) -> None:
+    """``doctree-read``: remove raw HTML that loads scripts from other hosts.
+
+    sphinx-gallery's execution-time tables load jQuery and DataTables from CDNs to
+    make the table sortable. A static site that must work offline and from disk
+    cannot depend on them; the table is already sorted, slowest first.
+    """
+    from docutils import nodes
+
+    for raw in list(doctree.findall(nodes.raw)):
+        if "html" in raw.get("format", "") and _REMOTE_SCRIPT.search(raw.astext()):
+            raw.parent.remove(raw)
 
 
 def setup(app: Any) -> dict[str, Any]:
-    """Sphinx entry point: register :func:`mark_gallery_cells` on ``doctree-read``."""
+    """Sphinx entry point: the doctest hook, and the run-it-yourself instructions.
+
+    Registers :func:`mark_gallery_cells` on ``doctree-read`` and a math renderer,
+    ``html_math_renderer = "mathml"``, that writes math as MathML
+    (:func:`tex_to_mathml`). With the config value
+    ``weightshare_wheel_project`` (a directory with a ``pyproject.toml``) it builds
+    that project's wheel at the start of every build and offers it on each gallery
+    page, next to the commands that install it with
+    ``weightshare_run_requirements`` (:func:`add_run_instructions`).
+    """
+    # Math as MathML at build time: a static page that loads no MathJax from a CDN.
+    app.add_html_math_renderer(
+        "mathml", (_visit_math, None), (_visit_displaymath, None)
+    )
+    app.add_config_value("weightshare_run_requirements", [], "env", list)
+    app.add_config_value("weightshare_wheel_project", "", "env", str)
+    app.connect("builder-inited", _offer_wheel)
+    # Before Sphinx's own doctree-read handlers (priority 500), which collect the
+    # download links this adds.
+    app.connect("doctree-read", add_run_instructions, priority=400)
     app.connect("doctree-read", mark_gallery_cells)
+    app.connect("doctree-read", drop_remote_scripts)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
