@@ -11,7 +11,7 @@ SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHIN
 EXAMPLE  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help html html-noplot html-rerun html-one doctest linkcheck test clean dot venv
+.PHONY: help html html-noplot html-rerun html-one doctest linkcheck test clean dot browser venv
 
 help:  ## list the targets (this text)
 	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
@@ -27,18 +27,28 @@ $(STAMP): requirements.txt pyproject.toml
 	  --no-build-isolation -e .
 	@touch $(STAMP)
 
+# $(call apt-or-explain,WHAT,PACKAGES,OTHER WAYS): install Debian PACKAGES with apt
+# when root, else stop with a message that names them.
+define apt-or-explain
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "$(1) missing: installing the package(s) '$(2)' with apt"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq $(2) >/dev/null; \
+  else \
+    echo "error: $(1) missing. Install the system package(s) '$(2)'" \
+         "(Debian/Ubuntu: sudo apt-get install $(2); $(3)), then run make again." >&2; \
+    exit 1; \
+  fi
+endef
+
 dot:  ## check for Graphviz's dot; install it with apt when missing and root
 	@command -v dot >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "Graphviz's dot is missing: installing the 'graphviz' package with apt"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq graphviz >/dev/null; \
-	  else \
-	    echo "error: Graphviz's 'dot' program is missing. Install the system package" \
-	         "'graphviz' (Debian/Ubuntu: sudo apt-get install graphviz;" \
-	         "macOS: brew install graphviz), then run make again." >&2; \
-	    exit 1; \
-	  fi; }
+	  $(call apt-or-explain,Graphviz's 'dot' program is,graphviz,macOS: brew install graphviz); }
+
+browser:  ## check for Chromium and ChromeDriver (browser tests); apt-install them
+	@{ command -v chromedriver && { command -v chromium || command -v chromium-browser \
+	   || command -v google-chrome; }; } >/dev/null 2>&1 || { \
+	  $(call apt-or-explain,Chromium or ChromeDriver is,chromium chromium-driver,macOS: brew install chromium chromedriver); }
 
 html: $(STAMP) dot  ## build the site into _build/html, running changed examples
 	$(SPHINX) -b html docs $(BUILD)/html
@@ -64,7 +74,7 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	@$(PY) -c "import json; [print('  ' + r['uri']) for r in map(json.loads, \
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
 
-test: $(STAMP) dot  ## run the whole test suite (unit tests, examples, doctests, lint)
+test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered
 
 clean:  ## remove the built site and the generated gallery (keeps .venv)

@@ -9,6 +9,7 @@ review. `make test` installs Chromium and its driver first (`make browser`).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -165,6 +166,7 @@ def _empty_images(driver: Any) -> list[str]:
 
 def _screenshot(driver: Any, name: str) -> Path:
     """A full-page PNG in _build/screenshots/."""
+    driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur();")
     width, height = driver.execute_script(
         "return [document.documentElement.scrollWidth,"
         " document.documentElement.scrollHeight]"
@@ -179,8 +181,6 @@ def _screenshot(driver: Any, name: str) -> Path:
     )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    import base64
-
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import types
@@ -179,11 +180,23 @@ def test_marking_twice_keeps_the_first_marking() -> None:
     assert cell["test"] == "sentinel"
 
 
-def test_setup_connects_to_doctree_read() -> None:
+def test_setup_registers_every_hook() -> None:
     connected: list[tuple[str, Any]] = []
-    app = types.SimpleNamespace(connect=lambda event, fn: connected.append((event, fn)))
+    configs: list[str] = []
+    renderers: list[str] = []
+    app = types.SimpleNamespace(
+        connect=lambda event, fn, priority=500: connected.append((event, fn)),
+        add_config_value=lambda name, *args: configs.append(name),
+        add_html_math_renderer=lambda name, *args: renderers.append(name),
+    )
     metadata = gallery.setup(app)
-    assert connected == [("doctree-read", gallery.mark_gallery_cells)]
+    assert ("doctree-read", gallery.mark_gallery_cells) in connected
+    assert ("doctree-read", gallery.add_run_instructions) in connected
+    assert ("doctree-read", gallery.drop_remote_scripts) in connected
+    assert ("missing-reference", gallery.resolve_alias) in connected
+    assert ("builder-inited", gallery._offer_wheel) in connected
+    assert renderers == ["mathml"]
+    assert "weightshare_wheel_project" in configs
     assert metadata["parallel_read_safe"] is True
 
 
@@ -245,3 +258,184 @@ def test_run_cell_skips_wall_clock_lines_and_addresses() -> None:
     gallery.run_cell(code, "c.py", {}, recorded=recorded)
     with pytest.raises(AssertionError, match=r"-loss 0\.26\n\+loss 0\.25"):
         gallery.run_cell(code, "c.py", {}, recorded=recorded.replace("25", "26"))
+
+
+# -- run-it-yourself box, wheel, math, CDN scripts, aliases ----------------------------
+
+FOOTER_PAGE = """\
+Title
+=====
+
+Text.
+
+.. container:: sphx-glr-footer sphx-glr-footer-example
+
+   .. container:: sphx-glr-download sphx-glr-download-python
+
+      Download Python source code
+"""
+
+
+def _app(tmp_path: Path, wheel: str = "pkg-1.0-py3-none-any.whl") -> Any:
+    env = types.SimpleNamespace(docname="auto_examples/basics/plot_x")
+    env.weightshare_wheel = wheel
+    config = types.SimpleNamespace(
+        weightshare_run_requirements=["torch==2.13.0", "graphviz==0.21"],
+        weightshare_wheel_project="",
+        weightshare_reference_aliases={"short.Name": "long.Name"},
+    )
+    return types.SimpleNamespace(env=env, config=config, srcdir=str(tmp_path))
+
+
+def test_run_commands_make_a_venv_install_and_run() -> None:
+    lines = gallery.run_commands(["a==1", "b==2"], "w.whl", "plot_x.py").splitlines()
+    assert lines[0] == "python3 -m venv .venv"
+    assert lines[1].startswith(". .venv/bin/activate")
+    assert lines[2:] == ["pip install a==1 b==2 w.whl", "python plot_x.py"]
+    assert "pip install a==1\n" in gallery.run_commands(["a==1"], "", "x.py")
+
+
+def test_run_instructions_go_before_the_downloads(tmp_path: Path) -> None:
+    doctree = publish_doctree(FOOTER_PAGE, settings_overrides={"report_level": 5})
+    gallery.add_run_instructions(_app(tmp_path), doctree)
+    box = next(iter(doctree.findall(nodes.admonition)))
+    assert "ws-run-it" in box["classes"]
+    commands = next(iter(box.findall(nodes.literal_block))).astext()
+    assert (
+        "pip install torch==2.13.0 graphviz==0.21 pkg-1.0-py3-none-any.whl" in commands
+    )
+    assert commands.rstrip().endswith("python plot_x.py")
+    footer = box.parent.children[box.parent.index(box) + 1]
+    assert "sphx-glr-footer" in footer["classes"]
+    (link,) = [
+        n for n in footer.findall(nodes.Element) if n.get("reftype") == "download"
+    ]
+    assert link["reftarget"] == "/_wheel/pkg-1.0-py3-none-any.whl"
+
+
+def test_without_a_wheel_only_the_script_is_mentioned(tmp_path: Path) -> None:
+    doctree = publish_doctree(FOOTER_PAGE, settings_overrides={"report_level": 5})
+    gallery.add_run_instructions(_app(tmp_path, wheel=""), doctree)
+    assert "wheel" not in next(iter(doctree.findall(nodes.admonition))).astext()
+    assert not [
+        n for n in doctree.findall(nodes.Element) if n.get("reftype") == "download"
+    ]
+
+
+def test_pages_without_a_gallery_footer_are_left_alone(tmp_path: Path) -> None:
+    doctree = publish_doctree("Title\n=====\n\nText.\n")
+    before = doctree.pformat()
+    gallery.add_run_instructions(_app(tmp_path), doctree)
+    assert doctree.pformat() == before
+
+
+def _project(tmp_path: Path) -> Path:
+    project = tmp_path / "proj"
+    (project / "src" / "tinypkg").mkdir(parents=True)
+    (project / "src" / "tinypkg" / "__init__.py").write_text("VALUE = 1\n")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\n'
+        'build-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "tinypkg"\nversion = "1.0"\n'
+    )
+    return project
+
+
+@pytest.mark.slow
+def test_build_wheel_builds_once_and_again_after_a_change(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    wheel = gallery.build_wheel(project, tmp_path / "out")
+    assert wheel.name == "tinypkg-1.0-py3-none-any.whl"
+    built = wheel.stat().st_mtime_ns
+    (project / "src" / "tinypkg" / "__pycache__").mkdir()  # an import is no change
+    (project / "src" / "tinypkg" / "__pycache__" / "x.pyc").write_text("")
+    assert gallery.build_wheel(project, tmp_path / "out").stat().st_mtime_ns == built
+    source = project / "src" / "tinypkg" / "__init__.py"
+    os.utime(source, ns=(built + 10**9, built + 10**9))
+    again = gallery.build_wheel(project, tmp_path / "out")
+    assert again.stat().st_mtime_ns != built
+    app = _app(tmp_path)
+    app.config.weightshare_wheel_project = str(project)
+    gallery._offer_wheel(app)
+    assert app.env.weightshare_wheel == "tinypkg-1.0-py3-none-any.whl"
+    assert (tmp_path / "_wheel" / app.env.weightshare_wheel).is_file()
+
+
+def test_build_wheel_failure_shows_pips_output(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    (project / "pyproject.toml").write_text("[project\nbroken")
+    with pytest.raises(RuntimeError, match=r"Building the wheel of .*proj failed"):
+        gallery.build_wheel(project, tmp_path / "out")
+
+
+def test_no_wheel_project_builds_nothing(tmp_path: Path) -> None:
+    app = _app(tmp_path, wheel="")
+    gallery._offer_wheel(app)
+    assert not (tmp_path / "_wheel").exists()
+
+
+def test_tex_to_mathml() -> None:
+    assert gallery.tex_to_mathml(r"w^2").startswith("<math")
+    assert 'display="block"' in gallery.tex_to_mathml(r"\sum_i x_i", block=True)
+    with pytest.raises(ValueError, match=r"cannot write '\\\\nosuch' as MathML"):
+        gallery.tex_to_mathml(r"\nosuch")
+
+
+class _Translator:
+    def __init__(self) -> None:
+        self.body: list[str] = []
+
+    def starttag(self, node: Any, tag: str, CLASS: str) -> str:
+        return f'<{tag} class="{CLASS}">'
+
+    def encode(self, text: str) -> str:
+        return text.replace("<", "&lt;")
+
+
+def test_math_is_written_as_mathml(monkeypatch: pytest.MonkeyPatch) -> None:
+    translator = _Translator()
+    with pytest.raises(nodes.SkipNode):
+        gallery._visit_math(translator, nodes.math("", "x^2"))
+    with pytest.raises(nodes.SkipNode):
+        gallery._visit_displaymath(translator, nodes.math_block("", "y"))
+    html = "".join(translator.body)
+    assert html.startswith('<span class="math notranslate"><math')
+    assert '<div class="math notranslate"><math' in html and 'display="block"' in html
+    warnings: list[str] = []
+    monkeypatch.setattr(
+        "sphinx.util.logging.SphinxLoggerAdapter.warning",
+        lambda self, msg, *a, **k: warnings.append(msg),
+    )
+    with pytest.raises(nodes.SkipNode):
+        gallery._visit_math(translator, nodes.math("", r"\nosuch<"))
+    assert translator.body[-1] == r"<code>\nosuch&lt;</code></span>"
+    assert "cannot write" in warnings[0]
+
+
+def test_scripts_from_other_hosts_are_dropped() -> None:
+    doctree = publish_doctree(
+        '.. raw:: html\n\n   <script src="https://cdn.example/x.js"></script>\n\n'
+        ".. raw:: html\n\n   <script>local()</script>\n",
+        settings_overrides={"raw_enabled": True},
+    )
+    gallery.drop_remote_scripts(None, doctree)
+    kept = [raw.astext() for raw in doctree.findall(nodes.raw)]
+    assert kept == ["<script>local()</script>"]
+
+
+def test_an_alias_is_resolved_under_its_documented_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[str] = []
+
+    def fake(app: Any, env: Any, node: Any, contnode: Any) -> str:
+        seen.append(node["reftarget"])
+        return "resolved"
+
+    monkeypatch.setattr("sphinx.ext.intersphinx.missing_reference", fake)
+    app = _app(tmp_path)
+    node = nodes.reference(reftarget="short.Name")
+    assert gallery.resolve_alias(app, None, node, None) == "resolved"
+    assert seen == ["long.Name"] and node["reftarget"] == "short.Name"
+    unknown = nodes.reference(reftarget="other.Name")
+    assert gallery.resolve_alias(app, None, unknown, None) is None

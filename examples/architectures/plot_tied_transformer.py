@@ -54,7 +54,7 @@ print(f"{len(seen) = }, {len(test_src) = }")
 # %%
 # The model: three uses, one line
 # -------------------------------
-# ``nn.Transformer`` supplies the encoder and decoder stacks; around it sit the three
+# :class:`~torch.nn.Transformer` supplies the encoder and decoder stacks; around it sit the three
 # layers that touch the vocabulary. The encoder embedding maps source tokens to
 # vectors, the decoder embedding maps decoder-input tokens to vectors, and the
 # generator maps each decoder output back to one score per token. Following §3.4 of
@@ -208,7 +208,7 @@ plt.show()
 # Parameter counts
 # ----------------
 # The untied model is the same class with ``tie=False``. The closed formula adds up
-# the layers of ``nn.Transformer``: an attention block has four d×d projections with
+# the layers of :class:`~torch.nn.Transformer`: an attention block has four d×d projections with
 # biases, a feed-forward block two layers, a LayerNorm a scale and a shift, and each
 # stack ends in one more LayerNorm. Untying adds two V×d matrices.
 # :func:`weightshare.count_parameters` counts the unique parameters (what trains) and
@@ -454,7 +454,7 @@ print(f"{equal_before = }, {drift.item() = :.4f}")
 # %%
 # Conclusion
 # ----------
-# ``a.weight = b.weight = c.weight`` makes one ``nn.Parameter`` with three names.
+# ``a.weight = b.weight = c.weight`` makes one :class:`~torch.nn.Parameter` with three names.
 # Autograd adds the three uses' gradients into its one ``.grad``, and the optimizer
 # holds it once and updates it in place: there are never three matrices to pull
 # apart. A copy, however equal at the start, is a second matrix and drifts at once.

@@ -2,7 +2,7 @@
 Two layers, one weight
 ======================
 
-Two ``nn.Linear`` layers can hold one and the same ``nn.Parameter``. This page builds
+Two :class:`~torch.nn.Linear` layers can hold one and the same :class:`~torch.nn.Parameter`. This page builds
 the smallest such model, with a shared weight of 2, biases 2 and 4 and input 1, and
 shows the three facts that make weight tying work. The two layers hold *one object*.
 Its gradient is the *sum* of the gradients of its two uses, 2 + 4 = 6. And
@@ -15,7 +15,7 @@ bias, and shared layers trained on two losses.
 # The model: the tie is one line
 # -------------------------------
 # Both layers are built as usual; then the second layer's weight is replaced by the
-# first layer's ``nn.Parameter`` object. From then on ``fc1.weight`` and ``fc2.weight``
+# first layer's :class:`~torch.nn.Parameter` object. From then on ``fc1.weight`` and ``fc2.weight``
 # are two names for one tensor. The assignment's direction decides which initial
 # values survive; here both get the value 2 explicitly.
 import torch
@@ -232,7 +232,7 @@ print(f"{two_losses.fc1.weight.item() = :.4f}, {two_losses.fc2.weight.item() = :
 # %%
 # Conclusion
 # ----------
-# A tie is an identity: one ``nn.Parameter`` object that several modules hold. Autograd
+# A tie is an identity: one :class:`~torch.nn.Parameter` object that several modules hold. Autograd
 # sums the gradients of all its uses into that object's ``.grad``, and the optimizer
 # updates that object in place, so the "layers" cannot drift apart: there is nothing to
 # drift. Values that are merely equal do drift, after a single step.

@@ -6,7 +6,7 @@ Once a model whose token embedding ``wte`` is tied to its output layer ``lm_head
 trains on the CPU, the next move is a GPU and a fast training step. This page writes one
 complete, modern step for such a model: the move to the device, bf16 autocast, fused
 AdamW, gradient clipping, ``zero_grad(set_to_none=True)`` and, on CUDA,
-``torch.compile``. Its doctests check that the tie survives each of them, that the
+:func:`torch.compile`. Its doctests check that the tie survives each of them, that the
 optimizer and the gradient clipping see the shared weight once, and what goes wrong
 when a parameter is created after the optimizer. It ends by measuring, on the device
 it runs on, what the tie costs in step time and saves in memory.
@@ -79,7 +79,7 @@ print(f"{count.unique = :,}, {count.saved_by_sharing = :,}")
 # %%
 # ``model.to(device)`` keeps the tie
 # ----------------------------------
-# A tie is the identity of one ``nn.Parameter`` object, so the question is whether
+# A tie is the identity of one :class:`~torch.nn.Parameter` object, so the question is whether
 # moving the model keeps that object. It does: ``Module.to`` converts each parameter
 # in place (it replaces the tensor's data, or swaps it in, under the same Python
 # object), so ``wte`` and ``lm_head`` still hold one object afterwards, now on the
@@ -129,7 +129,7 @@ print(f"{converted_guard.broken() = }")
 # 1. ``zero_grad(set_to_none=True)`` drops the previous gradients instead of filling
 #    them with zeros: no fill kernel, and the backward pass stores new gradients
 #    instead of adding them to zeros.
-# 2. The forward pass and the loss run under ``torch.autocast``, which computes in
+# 2. The forward pass and the loss run under :class:`torch.autocast`, which computes in
 #    bf16 where ``use_bf16`` is set. The weights stay fp32, and so does the one
 #    gradient of the shared weight: autocast casts the weight to bf16 for the output
 #    layer's matrix multiply (the embedding lookup reads it in fp32) and
@@ -215,7 +215,7 @@ print(f"{len(optimizer.state) = }, {count.unique_tensors = }, {count.names = }")
 # --------------------------------------------------------
 # The optimizer holds the Parameter objects it was given, and nothing else. Replacing
 # a parameter after creating it, for example loading pretrained output weights as a
-# new ``nn.Parameter``, leaves the optimizer holding the old object. The new one gets
+# new :class:`~torch.nn.Parameter`, leaves the optimizer holding the old object. The new one gets
 # a gradient at every step, and no update. Here the output layer gets a new Parameter
 # with the embedding's values, which also unties it.
 from torch import nn
@@ -264,7 +264,7 @@ print(f"{late_guard.broken() = }")
 # ``model.parameters()`` yields the shared weight once. A list built from
 # ``named_parameters(remove_duplicate=False)`` has it twice, once per name, and its
 # norm is inflated: two equal copies of a gradient g have norm
-# √(‖g‖² + ‖g‖²) = √2·‖g‖. ``torch.nn.utils.get_total_norm`` computes the same norm
+# √(‖g‖² + ‖g‖²) = √2·‖g‖. :func:`torch.nn.utils.get_total_norm` computes the same norm
 # as ``clip_grad_norm_`` without clipping; here it measures the gradients the step
 # left behind (clipping scaled them all by one factor, which no ratio below sees).
 get_total_norm = torch.nn.utils.get_total_norm
@@ -305,7 +305,7 @@ print(f"{true_norm.item() = :.4f}, {doubled_norm.item() = :.4f}")
 # them taking turns, so a busy moment of a shared machine hits both. The time ratio is
 # the median over the turns of the tied time over the untied time next to it.
 #
-# Memory is the peak of ``torch.cuda.max_memory_allocated`` on CUDA. On MPS and the
+# Memory is the peak of :func:`torch.cuda.max_memory_allocated` on CUDA. On MPS and the
 # CPU it is the training state: the bytes of the parameters, gradients and AdamW
 # state, counting each storage once (:func:`weightshare.training_state_bytes`). The
 # training state is measured on every device.

@@ -1,6 +1,6 @@
 """Inspect, tie, attribute and guard shared parameters (weight tying) in PyTorch.
 
-Weight tying means one ``nn.Parameter`` used under several names, e.g. a
+Weight tying means one :class:`~torch.nn.Parameter` used under several names, e.g. a
 language model's input embedding and output projection. ``weightshare`` finds
 such ties (:func:`shared_groups`, :func:`storage_aliases`,
 :func:`count_parameters`), makes and undoes them by name (:func:`tie`,

@@ -44,7 +44,7 @@ def save(
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model to save.
     path : str or ``os.PathLike``
         Destination file.
@@ -200,14 +200,15 @@ def load(
     model is either fully loaded or not changed at all. Keys left out by
     :func:`save` (the other names of a tied group) are filled from their group,
     using both the groups recorded in the file and the model's own ties. Values
-    are copied in place (``param.copy_`` under ``torch.no_grad()``), so every
-    Parameter object, and hence every tie and any optimizer state, survives.
+    are copied in place (``param.copy_`` under
+    :class:`torch.no_grad() <torch.no_grad>`), so every Parameter object, and hence
+    every tie and any optimizer state, survives.
     Files written by ``safetensors`` or ``torch.save(state_dict)`` without
     weightshare load too.
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model to load into (not on the meta device).
     path : str or ``os.PathLike``
         A safetensors or torch checkpoint (detected from the file).

@@ -68,7 +68,7 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model to count.
 
     Returns
@@ -112,9 +112,9 @@ def training_state_bytes(
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model whose parameters and their ``.grad`` are counted.
-    optimizer : ``torch.optim.Optimizer``, optional
+    optimizer : :class:`torch.optim.Optimizer`, optional
         Also count the tensors in its state (e.g. AdamW's two moments and step).
 
     Returns

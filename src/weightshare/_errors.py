@@ -82,7 +82,7 @@ did you mean '0.weight'?
 
 
 class NotAParameterError(TypeError):
-    """A name that exists in the model but is not an ``nn.Parameter``.
+    """A name that exists in the model but is not an :class:`~torch.nn.Parameter`.
 
     For example a buffer, a submodule, a plain tensor attribute or a tensor
     computed by a parametrization. The message says which of these it is.
@@ -109,7 +109,7 @@ class BrokenTieError(RuntimeError):
     Attributes
     ----------
     broken : list of list of str
-        The recorded groups that are no longer one ``nn.Parameter`` object.
+        The recorded groups that are no longer one :class:`~torch.nn.Parameter` object.
 
     Examples
     --------

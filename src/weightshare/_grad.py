@@ -34,9 +34,9 @@ def grad_contributions(
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model holding ``param``.
-    param : ``torch.nn.Parameter`` or str
+    param : :class:`torch.nn.Parameter` or str
         The shared parameter, or one of its names.
     loss_fn : ``Callable[[], torch.Tensor]``
         Called once with no arguments (with gradients enabled); must run the
@@ -52,7 +52,7 @@ def grad_contributions(
         reaches ``param`` outside any holder's call (e.g.
         ``F.linear(h, self.emb.weight)`` in a parent's ``forward``) is reported
         under ``"(direct)"`` when it is not all zeros. Each value is a
-        ``torch.Tensor`` shaped like ``param``.
+        :class:`torch.Tensor` shaped like ``param``.
 
     Raises
     ------
@@ -66,7 +66,7 @@ def grad_contributions(
 
     Notes
     -----
-    No ``.grad`` is touched (it uses ``torch.autograd.grad``), and the model is
+    No ``.grad`` is touched (it uses :func:`torch.autograd.grad`), and the model is
     left exactly as found: the same Parameter objects in every slot and no hooks
     left behind, also when ``loss_fn`` raises (its exception propagates).
 

@@ -11,7 +11,7 @@ __all__ = ["is_tied", "shared_groups", "storage_aliases"]
 
 
 def shared_groups(model: nn.Module) -> list[list[str]]:
-    """Groups of parameter names that are one ``nn.Parameter`` object.
+    """Groups of parameter names that are one :class:`~torch.nn.Parameter` object.
 
     Two names are in one group when they refer to the very same object (identity,
     ``a is b``), which is what weight tying means in PyTorch: one tensor, one
@@ -21,7 +21,7 @@ def shared_groups(model: nn.Module) -> list[list[str]]:
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model to inspect.
 
     Returns
@@ -68,7 +68,7 @@ def storage_aliases(model: nn.Module) -> list[list[str]]:
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model to inspect.
 
     Returns
@@ -141,9 +141,9 @@ def is_tied(
 
     Parameters
     ----------
-    a, b : str or ``torch.Tensor``
+    a, b : str or :class:`torch.Tensor`
         Parameters, or their names in ``model``.
-    model : ``torch.nn.Module``, optional
+    model : :class:`torch.nn.Module`, optional
         Needed to resolve names.
 
     Returns

@@ -49,10 +49,10 @@ CAUSE_GONE = "a submodule or parameter was replaced or deleted"
 class TieGuard:
     """Record a model's ties now; check later that they still hold.
 
-    Ties (one ``nn.Parameter`` under several names) break silently: the model
-    still runs, but the two sides train apart. Common causes are
+    Ties (one :class:`~torch.nn.Parameter` under several names) break silently: the
+    model still runs, but the two sides train apart. Common causes are
     ``model.to_empty()`` after building on the meta device,
-    ``load_state_dict(sd, assign=True)``, ``torch.nn.utils.weight_norm`` or
+    ``load_state_dict(sd, assign=True)``, :func:`torch.nn.utils.weight_norm` or
     another parametrization, and assigning a ``copy.deepcopy`` of a submodule.
     A guard remembers :func:`shared_groups` (and each group's device) at
     construction; :meth:`check` raises :class:`BrokenTieError` explaining
@@ -60,7 +60,7 @@ class TieGuard:
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model whose current ties are recorded.
 
     Attributes

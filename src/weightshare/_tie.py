@@ -38,13 +38,13 @@ def tie(
     """Make the parameter at ``target`` the very Parameter at ``source``.
 
     The direction matters: **source's values survive, target's are discarded**.
-    Afterwards both names refer to one ``nn.Parameter``, so both uses add into
-    one ``.grad`` and the optimizer updates one tensor. Only the slot named
+    Afterwards both names refer to one :class:`~torch.nn.Parameter`, so both uses add
+    into one ``.grad`` and the optimizer updates one tensor. Only the slot named
     ``target`` changes; other names that shared the old target keep it.
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model holding both parameters.
     target : str
         Name of the parameter to replace, e.g. ``"lm_head.weight"``.
@@ -53,14 +53,14 @@ def tie(
     transpose : bool, default False
         Tie ``target`` to ``sourceᵀ`` (e.g. a decoder ``nn.Linear(d, n)`` to an
         encoder ``nn.Linear(n, d)``). This registers a parametrization with
-        ``torch.nn.utils.parametrize.register_parametrization`` whose
+        :func:`torch.nn.utils.parametrize.register_parametrization` whose
         ``original`` *is* the source Parameter, so :func:`shared_groups` reports
         ``[source, "<module>.parametrizations.<attr>.original"]`` and the
         gradients of both uses land in one ``.grad``.
 
     Returns
     -------
-    ``torch.nn.Parameter``
+    :class:`torch.nn.Parameter`
         The shared Parameter (the one at ``source``).
 
     Raises
@@ -232,14 +232,14 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model holding the parameter.
     name : str
         The name to untie.
 
     Returns
     -------
-    ``torch.nn.Parameter``
+    :class:`torch.nn.Parameter`
         The parameter now at ``name`` (for a removed transposed tie: at the
         parametrized name). If ``name`` was not shared, nothing changes and the
         existing parameter is returned.
@@ -304,7 +304,7 @@ def retie(model: nn.Module, groups: Sequence[Sequence[str]]) -> None:
 
     Parameters
     ----------
-    model : ``torch.nn.Module``
+    model : :class:`torch.nn.Module`
         The model to repair.
     groups : list of list of str
         Groups of names, e.g. ``guard.groups``.

@@ -41,6 +41,7 @@ __all__ = [
     "graphviz_scraper",
     "render_svg",
     "reset_seeds",
+    "resolve_alias",
     "run_cell",
     "run_commands",
     "setup",
@@ -434,7 +435,11 @@ def add_run_instructions(app: Any, doctree: Any) -> None:
         line += addnodes.download_reference(
             "",
             "",
-            nodes.literal("", f"Download the weightshare wheel: {wheel}"),
+            nodes.literal(
+                "",
+                f"Download the weightshare wheel: {wheel}",
+                classes=["xref", "download"],
+            ),
             reftarget=f"/_wheel/{wheel}",
             refdoc=app.env.docname,
             refdomain="",
@@ -501,6 +506,24 @@ def drop_remote_scripts(app: Any, doctree: Any) -> None:
             raw.parent.remove(raw)
 
 
+def resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """``missing-reference``: retry a reference under its documented name.
+
+    ``weightshare_reference_aliases`` maps a name Python reports (for example
+    ``torch.nn.modules.module.Module``, which autodoc writes for ``nn.Module``) to
+    the name the other project documents it under (``torch.nn.Module``); the
+    reference is then resolved through intersphinx.
+    """
+    from sphinx.ext.intersphinx import missing_reference
+
+    alias = app.config.weightshare_reference_aliases.get(node.get("reftarget"))
+    if alias is None:
+        return None
+    retry = node.deepcopy()
+    retry["reftarget"] = alias
+    return missing_reference(app, env, retry, contnode)
+
+
 def setup(app: Any) -> dict[str, Any]:
     """Sphinx entry point: the doctest hook, and the run-it-yourself instructions.
 
@@ -518,6 +541,8 @@ def setup(app: Any) -> dict[str, Any]:
     )
     app.add_config_value("weightshare_run_requirements", [], "env", list)
     app.add_config_value("weightshare_wheel_project", "", "env", str)
+    app.add_config_value("weightshare_reference_aliases", {}, "env", dict)
+    app.connect("missing-reference", resolve_alias)
     app.connect("builder-inited", _offer_wheel)
     # Before Sphinx's own doctree-read handlers (priority 500), which collect the
     # download links this adds.

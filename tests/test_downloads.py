@@ -1,0 +1,255 @@
+"""The gallery's downloads, run the way a reader runs them: no clone, a fresh venv.
+
+Each gallery page offers its script, its notebook and the weightshare wheel, and says
+how to run them (the "Run this example on your own machine" box). This test fetches
+those files from the built site served on localhost, puts each in an empty folder and:
+
+- runs the script in a virtual environment made by the page's own commands;
+- executes the notebook with nbclient in an environment that has only Jupyter's kernel
+  (ipykernel) and nbclient, so that the notebook's first cell must install the rest.
+
+Making the two environments costs a few minutes of pip, so they are kept in
+`_build/download-envs/` and made again only when the page's install commands (or the
+notebook's first cell) change; the wheel is reinstalled from the site on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+ENVS = ROOT / "_build" / "download-envs"
+PAGES = sorted(
+    p.relative_to(ROOT / "examples").with_suffix(".html").as_posix()
+    for p in (ROOT / "examples").glob("*/plot_*.py")
+)
+
+
+class _Page(HTMLParser):
+    """The download links and the run commands of a gallery page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.downloads: list[str] = []
+        self.commands = ""
+        self._in_commands = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        classes = (found.get("class") or "").split()
+        if tag == "a" and "download" in classes and found.get("href"):
+            self.downloads.append(found["href"] or "")
+        if tag == "div" and "ws-run-commands" in classes:
+            self._in_commands = 1
+        elif self._in_commands and tag == "div":
+            self._in_commands += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._in_commands and tag == "div":
+            self._in_commands -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._in_commands:
+            self.commands += data
+
+
+def _fetch(url: str, dest: Path) -> Path:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        dest.write_bytes(response.read())
+    return dest
+
+
+def _page(site_url: str, page: str) -> tuple[dict[str, str], list[str]]:
+    """The page's downloads by suffix (absolute URLs), and its command lines."""
+    url = urljoin(site_url, "auto_examples/" + page)
+    parser = _Page()
+    with urllib.request.urlopen(url, timeout=30) as response:
+        parser.feed(response.read().decode())
+    downloads = {Path(href).suffix: urljoin(url, href) for href in parser.downloads}
+    lines = [line for line in parser.commands.strip().splitlines() if line.strip()]
+    return downloads, lines
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without its virtual environment in the way."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}
+    }
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin
+    )
+    env["MPLBACKEND"] = "Agg"  # no window to show figures in
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def _bash(script: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def _env(name: str, key: str, wheel: Path, make: str) -> Path:
+    """The folder of a kept environment, made again by ``make`` when ``key`` changed.
+
+    The wheel of this build is copied in and reinstalled (pip would skip it: the
+    version number does not change when src/ does).
+    """
+    folder = ENVS / name
+    stamp = folder / ".made-by"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    shutil.rmtree(folder / wheel.name, ignore_errors=True)
+    if not stamp.exists() or stamp.read_text() != digest:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        shutil.copy(wheel, folder)
+        done = _bash(make, folder, timeout=1200)
+        assert done.returncode == 0, (
+            f"{make}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+        stamp.write_text(digest)
+        return folder
+    shutil.copy(wheel, folder)
+    python = folder / ".venv" / "bin" / "python"
+    refresh = f"{python} -m pip install -q --force-reinstall --no-deps {wheel.name}"
+    if (folder / ".venv" / "bin" / "pip").exists() and _installed(python):
+        done = _bash(refresh, folder, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def _installed(python: Path) -> bool:
+    """Whether weightshare is installed in the environment of ``python``."""
+    check = f"{python} -m pip show -q weightshare"
+    return _bash(check, python.parent, timeout=60).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def downloads(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every page's script and notebook, and the wheel, fetched from the site."""
+    folder = tmp_path_factory.mktemp("downloads")
+    for page in PAGES:
+        files, _ = _page(site_url, page)
+        for suffix in (".py", ".ipynb", ".whl"):
+            assert suffix in files, f"{page} offers no {suffix} download: {files}"
+            _fetch(files[suffix], folder / Path(files[suffix]).name)
+    return folder
+
+
+def _setup_lines(site_url: str) -> list[str]:
+    """The lines every page gives to set up the environment, checked to be one set."""
+    setups = set()
+    for page in PAGES:
+        _, lines = _page(site_url, page)
+        script = Path(page).with_suffix(".py").name
+        assert lines[-1] == f"python {script}", lines
+        setups.add(tuple(lines[:-1]))
+    assert len(setups) == 1, f"the pages give different set-ups: {setups}"
+    return list(setups.pop())
+
+
+def test_every_page_offers_the_same_wheel_and_says_how_to_run_it(
+    site_url: str, downloads: Path
+) -> None:
+    lines = _setup_lines(site_url)
+    wheels = list(downloads.glob("*.whl"))
+    assert len(wheels) == 1
+    assert lines[0] == "python3 -m venv .venv"
+    assert any(
+        line.startswith("pip install") and wheels[0].name in line for line in lines
+    )
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        names = wheel.namelist()
+    assert "weightshare/__init__.py" in names and "weightshare/py.typed" in names
+
+
+@pytest.fixture(scope="module")
+def script_env(site_url: str, downloads: Path) -> Path:
+    lines = _setup_lines(site_url)
+    wheel = next(downloads.glob("*.whl"))
+    return _env("script", "\n".join(lines), wheel, "\n".join(lines))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_downloaded_script_runs_in_a_fresh_venv(
+    page: str, downloads: Path, script_env: Path, tmp_path: Path
+) -> None:
+    script = Path(page).with_suffix(".py").name
+    shutil.copy(downloads / script, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [script]  # nothing else: no clone
+    done = _bash(f". {script_env}/.venv/bin/activate\npython {script}", tmp_path, 600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+def _first_cell(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    return "".join(code[0]["source"])
+
+
+@pytest.fixture(scope="module")
+def notebook_env(downloads: Path) -> Path:
+    notebooks = sorted(downloads.glob("*.ipynb"))
+    firsts = {_first_cell(n) for n in notebooks}
+    assert len(firsts) == 1, "the notebooks start with different install cells"
+    first = firsts.pop()
+    wheel = next(downloads.glob("*.whl"))
+    assert re.search(rf"^%pip install .*\b{re.escape(wheel.name)}$", first, re.M), first
+    # A reader's Jupyter: a kernel and a way to run notebooks, nothing else. In a new
+    # environment, the first notebook to run installs what they need (its first cell).
+    make = "python3 -m venv .venv\n.venv/bin/pip install -q nbclient ipykernel"
+    return _env("notebook", first + make, wheel, make)
+
+
+def _execute(notebook: str) -> str:
+    return f"jupyter-execute --kernel_name=python3 --timeout=600 {notebook}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_downloaded_notebook_runs_with_nbclient(
+    page: str, downloads: Path, notebook_env: Path, tmp_path: Path
+) -> None:
+    notebook = Path(page).with_suffix(".ipynb").name
+    for name in (notebook, next(downloads.glob("*.whl")).name):
+        shutil.copy(downloads / name, tmp_path)
+    script = f". {notebook_env}/.venv/bin/activate\n{_execute(notebook)}"
+    done = _bash(script, tmp_path, 900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+def test_download_all_examples_has_every_script_and_notebook(
+    site_url: str, tmp_path: Path
+) -> None:
+    parser = _Page()
+    index = urljoin(site_url, "auto_examples/index.html")
+    with urllib.request.urlopen(index, timeout=30) as response:
+        parser.feed(response.read().decode())
+    zips = [urljoin(index, href) for href in parser.downloads if href.endswith(".zip")]
+    assert len(zips) == 2, parser.downloads  # the scripts, and the notebooks
+    expected = {Path(page).name for page in PAGES}
+    for url in zips:
+        with zipfile.ZipFile(_fetch(url, tmp_path / Path(url).name)) as archive:
+            names = {Path(n).with_suffix(".html").name for n in archive.namelist()}
+        assert expected <= names, f"{url} lacks {expected - names}"
