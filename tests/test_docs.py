@@ -15,54 +15,88 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from conftest import HTML, ROOT, make
 
-ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
 FIRST_PAGE = ROOT / "examples" / "basics" / "plot_two_layers_one_weight.py"
-TARGETS = ("html", "html-noplot", "html-rerun", "html-one", "doctest", "linkcheck")
-
-
-def _make(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
+TARGETS = (
+    "html",
+    "html-noplot",
+    "html-rerun",
+    "html-one",
+    "doctest",
+    "linkcheck",
+    "browser",
+)
 
 
 def test_make_help_is_the_default_and_lists_every_target() -> None:
-    result = _make()
+    result = make()
     assert result.returncode == 0
     for target in (*TARGETS, "test", "clean", "help"):
         assert f"make {target} " in result.stdout
 
 
 def test_a_second_build_installs_nothing() -> None:
-    plan = _make("-n", "html").stdout  # what make would run, without running it
+    plan = make("-n", "html").stdout  # what make would run, without running it
     assert "pip install" not in plan
     assert "python3 -m venv" not in plan
-    dot = _make("dot")  # present now, so the check is silent and installs nothing
+    dot = make("dot")  # present now, so the check is silent and installs nothing
     assert dot.returncode == 0
     assert dot.stdout == ""
+    browser = make("browser")  # likewise for Chromium and its driver
+    assert browser.returncode == 0
+    assert browser.stdout == ""
 
 
 @pytest.mark.slow
-def test_html_builds_with_zero_warnings() -> None:
-    result = _make("html")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "WARNING" not in result.stderr
-    page = (HTML / "auto_examples/basics/plot_two_layers_one_weight.html").read_text()
+def test_html_builds_with_zero_warnings(built_site: Path) -> None:
+    # built_site (conftest.py) ran `make html` and found no warning.
+    page = (
+        built_site / "auto_examples/basics/plot_two_layers_one_weight.html"
+    ).read_text()
     assert re.search(r'<img [^>]*class="[^"]*ws-graphviz[^"]*"[^>]*\.svg"', page)
     assert "graphviz.graphs.Digraph" not in page  # the graph is drawn, not printed
     assert "out.item() = 12.0" in page
 
 
 @pytest.mark.slow
+def test_the_site_is_static_and_self_contained(built_site: Path) -> None:
+    """No page loads a script or stylesheet from another host (MathJax, CDNs)."""
+    remote = re.compile(r'<(script|link)[^>]+(src|href)="(https?:)?//[^"]+"')
+    for page in built_site.rglob("*.html"):
+        found = remote.search(page.read_text(errors="replace"))
+        assert found is None, f"{page.relative_to(built_site)}: {found and found[0]}"
+    index = (built_site / "index.html").read_text()
+    assert "<math" in index  # the chain rule, as MathML
+    assert (built_site / ".nojekyll").exists()  # GitHub Pages serves _static/
+
+
+@pytest.mark.slow
+def test_every_example_has_its_own_thumbnail(built_site: Path) -> None:
+    import sphinx_gallery
+
+    placeholder = Path(sphinx_gallery.__file__).parent / "_static/no_image.png"
+    examples = sorted((ROOT / "examples").glob("*/plot_*.py"))
+    for example in examples:
+        thumbs = list((built_site / "_images").glob(f"sphx_glr_{example.stem}_thumb.*"))
+        assert thumbs, f"{example.stem} has no thumbnail"
+        assert thumbs[0].read_bytes() != placeholder.read_bytes()
+        assert thumbs[0].stat().st_size > 2000, f"{thumbs[0].name} is nearly empty"
+
+
+@pytest.mark.slow
+def test_pytorch_names_link_to_pytorchs_docs(built_site: Path) -> None:
+    api = (built_site / "api.html").read_text()
+    torch_docs = "https://docs.pytorch.org/docs/stable/"
+    assert f'href="{torch_docs}generated/torch.nn.Module.html#torch.nn.Module"' in api
+    assert f"{torch_docs}generated/torch.nn.parameter.Parameter.html" in api
+    page = built_site / "auto_examples/training/plot_gpu_training_step.html"
+    assert f"{torch_docs}generated/torch.compile.html#torch.compile" in page.read_text()
+
+
+@pytest.mark.slow
 def test_doctests_of_every_page_pass() -> None:
-    result = _make("doctest")
+    result = make("doctest")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     summary = (ROOT / "_build/doctest/output.txt").read_text()
     assert re.search(r"\n\s*0 failures in tests", summary)
@@ -127,7 +161,7 @@ class _Links(HTMLParser):
 
 
 @pytest.mark.slow
-def test_internal_links_and_anchors_resolve() -> None:
+def test_internal_links_and_anchors_resolve(built_site: Path) -> None:
     # _static/ holds the theme's own template fragments, not pages.
     pages = {p: _Links() for p in HTML.rglob("*.html") if "_static" not in p.parts}
     assert pages, "build the site first (test_html_builds_with_zero_warnings)"

@@ -88,8 +88,8 @@ def contrastive_loss(za, zb, Y, margin=2.0):
 # The usual way is one encoder module that ``forward`` calls on both inputs (once
 # per input, for now: BatchNorm asks for a change below). The other is two tower
 # modules whose parameters :func:`weightshare.tie` ties: each of ``tower_b``'s
-# parameters becomes the very :class:`~torch.nn.Parameter` object of ``tower_a``. The towers
-# start as a copy of the encoder, so both models compute the same function.
+# parameters becomes the very :class:`~torch.nn.Parameter` object of ``tower_a``. The
+# towers start as a copy of the encoder, so both models compute the same function.
 import copy
 from collections import OrderedDict
 

@@ -54,15 +54,15 @@ print(f"{len(seen) = }, {len(test_src) = }")
 # %%
 # The model: three uses, one line
 # -------------------------------
-# :class:`~torch.nn.Transformer` supplies the encoder and decoder stacks; around it sit the three
-# layers that touch the vocabulary. The encoder embedding maps source tokens to
-# vectors, the decoder embedding maps decoder-input tokens to vectors, and the
-# generator maps each decoder output back to one score per token. Following §3.4 of
-# the paper, the embeddings are multiplied by √d_model and the three matrices are one
+# :class:`~torch.nn.Transformer` supplies the encoder and decoder stacks; around it sit
+# the three layers that touch the vocabulary. The encoder embedding maps source tokens
+# to vectors, the decoder embedding maps decoder-input tokens to vectors, and the
+# generator maps each decoder output back to one score per token. Following §3.4 of the
+# paper, the embeddings are multiplied by √d_model and the three matrices are one
 # parameter. The chained assignment under ``if tie:`` is the tie; the generator's
-# initial values survive. The sinusoidal position signal is a non-persistent buffer,
-# so it is neither trained nor saved. ``build`` reseeds, so the tied and the untied
-# model start from the same numbers, except the untied model's two embeddings.
+# initial values survive. The sinusoidal position signal is a non-persistent buffer, so
+# it is neither trained nor saved. ``build`` reseeds, so the tied and the untied model
+# start from the same numbers, except the untied model's two embeddings.
 import math
 
 from torch import nn
@@ -208,9 +208,9 @@ plt.show()
 # Parameter counts
 # ----------------
 # The untied model is the same class with ``tie=False``. The closed formula adds up
-# the layers of :class:`~torch.nn.Transformer`: an attention block has four d×d projections with
-# biases, a feed-forward block two layers, a LayerNorm a scale and a shift, and each
-# stack ends in one more LayerNorm. Untying adds two V×d matrices.
+# the layers of :class:`~torch.nn.Transformer`: an attention block has four d×d
+# projections with biases, a feed-forward block two layers, a LayerNorm a scale and a
+# shift, and each stack ends in one more LayerNorm. Untying adds two V×d matrices.
 # :func:`weightshare.count_parameters` counts the unique parameters (what trains) and
 # also what a naive sum over ``state_dict()`` reports, where the tied matrix appears
 # under all three of its names.
@@ -454,10 +454,10 @@ print(f"{equal_before = }, {drift.item() = :.4f}")
 # %%
 # Conclusion
 # ----------
-# ``a.weight = b.weight = c.weight`` makes one :class:`~torch.nn.Parameter` with three names.
-# Autograd adds the three uses' gradients into its one ``.grad``, and the optimizer
-# holds it once and updates it in place: there are never three matrices to pull
-# apart. A copy, however equal at the start, is a second matrix and drifts at once.
+# ``a.weight = b.weight = c.weight`` makes one :class:`~torch.nn.Parameter` with three
+# names. Autograd adds the three uses' gradients into its one ``.grad``, and the
+# optimizer holds it once and updates it in place: there are never three matrices to
+# pull apart. A copy, however equal at the start, is a second matrix and drifts at once.
 #
 # Next: :func:`weightshare.grad_contributions`, :func:`weightshare.count_parameters`
 # and :func:`weightshare.shared_groups` in the :doc:`API reference </api>`, and the

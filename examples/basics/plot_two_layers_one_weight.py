@@ -2,22 +2,22 @@
 Two layers, one weight
 ======================
 
-Two :class:`~torch.nn.Linear` layers can hold one and the same :class:`~torch.nn.Parameter`. This page builds
-the smallest such model, with a shared weight of 2, biases 2 and 4 and input 1, and
-shows the three facts that make weight tying work. The two layers hold *one object*.
-Its gradient is the *sum* of the gradients of its two uses, 2 + 4 = 6. And
-``optimizer.step()`` updates that one object, so nothing can pull the layers apart.
-Three contrasting models close the page: independent layers, layers sharing weight and
-bias, and shared layers trained on two losses.
+Two :class:`~torch.nn.Linear` layers can hold one and the same
+:class:`~torch.nn.Parameter`. This page builds the smallest such model, with a shared
+weight of 2, biases 2 and 4 and input 1, and shows the three facts that make weight
+tying work. The two layers hold *one object*. Its gradient is the *sum* of the gradients
+of its two uses, 2 + 4 = 6. And ``optimizer.step()`` updates that one object, so nothing
+can pull the layers apart. Three contrasting models close the page: independent layers,
+layers sharing weight and bias, and shared layers trained on two losses.
 """
 
 # %%
 # The model: the tie is one line
 # -------------------------------
 # Both layers are built as usual; then the second layer's weight is replaced by the
-# first layer's :class:`~torch.nn.Parameter` object. From then on ``fc1.weight`` and ``fc2.weight``
-# are two names for one tensor. The assignment's direction decides which initial
-# values survive; here both get the value 2 explicitly.
+# first layer's :class:`~torch.nn.Parameter` object. From then on ``fc1.weight`` and
+# ``fc2.weight`` are two names for one tensor. The assignment's direction decides which
+# initial values survive; here both get the value 2 explicitly.
 import torch
 from torch import nn
 
@@ -232,10 +232,10 @@ print(f"{two_losses.fc1.weight.item() = :.4f}, {two_losses.fc2.weight.item() = :
 # %%
 # Conclusion
 # ----------
-# A tie is an identity: one :class:`~torch.nn.Parameter` object that several modules hold. Autograd
-# sums the gradients of all its uses into that object's ``.grad``, and the optimizer
-# updates that object in place, so the "layers" cannot drift apart: there is nothing to
-# drift. Values that are merely equal do drift, after a single step.
+# A tie is an identity: one :class:`~torch.nn.Parameter` object that several modules
+# hold. Autograd sums the gradients of all its uses into that object's ``.grad``, and
+# the optimizer updates that object in place, so the "layers" cannot drift apart: there
+# is nothing to drift. Values that are merely equal do drift, after a single step.
 #
 # Next: :func:`weightshare.grad_contributions` and :func:`weightshare.shared_groups` in
 # the :doc:`API reference </api>`, and the other pages of the

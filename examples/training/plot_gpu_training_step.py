@@ -79,12 +79,12 @@ print(f"{count.unique = :,}, {count.saved_by_sharing = :,}")
 # %%
 # ``model.to(device)`` keeps the tie
 # ----------------------------------
-# A tie is the identity of one :class:`~torch.nn.Parameter` object, so the question is whether
-# moving the model keeps that object. It does: ``Module.to`` converts each parameter
-# in place (it replaces the tensor's data, or swaps it in, under the same Python
-# object), so ``wte`` and ``lm_head`` still hold one object afterwards, now on the
-# device. A :class:`weightshare.TieGuard` records the tie here, to check it after the
-# step.
+# A tie is the identity of one :class:`~torch.nn.Parameter` object, so the question is
+# whether moving the model keeps that object. It does: ``Module.to`` converts each
+# parameter in place (it replaces the tensor's data, or swaps it in, under the same
+# Python object), so ``wte`` and ``lm_head`` still hold one object afterwards, now on
+# the device. A :class:`weightshare.TieGuard` records the tie here, to check it after
+# the step.
 shared = model.wte.weight
 model.to(device)
 guard = weightshare.TieGuard(model)
@@ -215,9 +215,9 @@ print(f"{len(optimizer.state) = }, {count.unique_tensors = }, {count.names = }")
 # --------------------------------------------------------
 # The optimizer holds the Parameter objects it was given, and nothing else. Replacing
 # a parameter after creating it, for example loading pretrained output weights as a
-# new :class:`~torch.nn.Parameter`, leaves the optimizer holding the old object. The new one gets
-# a gradient at every step, and no update. Here the output layer gets a new Parameter
-# with the embedding's values, which also unties it.
+# new :class:`~torch.nn.Parameter`, leaves the optimizer holding the old object. The new
+# one gets a gradient at every step, and no update. Here the output layer gets a new
+# Parameter with the embedding's values, which also unties it.
 from torch import nn
 
 late = GPT(config).to(device)
