@@ -77,6 +77,10 @@ linkcheck: html  ## check links and anchors offline; list the external links
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered
 
-clean:  ## remove the built site and the generated gallery (keeps .venv)
-	rm -rf $(BUILD) build docs/auto_examples docs/gen_modules docs/sg_execution_times.rst \
+clean:  ## remove the built site and generated pages (keeps .venv and test venvs)
+	@# _build/download-envs holds the download tests' virtual environments: kept like
+	@# .venv, because making them again costs minutes of pip.
+	find $(BUILD) -mindepth 1 -maxdepth 1 ! -name download-envs -exec rm -rf {} + \
+	  2>/dev/null || true
+	rm -rf build docs/auto_examples docs/gen_modules docs/sg_execution_times.rst \
 	  docs/_wheel
