@@ -263,6 +263,11 @@ def test_run_cell_skips_wall_clock_lines_and_addresses() -> None:
 # -- run-it-yourself box, wheel, math, CDN scripts, aliases ----------------------------
 
 FOOTER_PAGE = """\
+.. note::
+   :class: sphx-glr-download-link-note
+
+   Go to the end to download the full example code.
+
 Title
 =====
 
@@ -311,6 +316,11 @@ def test_run_instructions_go_before_the_downloads(tmp_path: Path) -> None:
         n for n in footer.findall(nodes.Element) if n.get("reftype") == "download"
     ]
     assert link["reftarget"] == "/_wheel/pkg-1.0-py3-none-any.whl"
+    note = next(iter(doctree.findall(nodes.note))).astext()
+    assert (
+        note
+        == "Go to the end to download the full example code and to see how to run it."
+    )
 
 
 def test_without_a_wheel_only_the_script_is_mentioned(tmp_path: Path) -> None:

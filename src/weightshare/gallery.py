@@ -429,6 +429,14 @@ def add_run_instructions(app: Any, doctree: Any) -> None:
         "are the ones this page was built and tested with."
     )
     footer.parent.insert(footer.parent.index(footer), box)
+    # sphinx-gallery's note at the top says "Go to the end to download the full
+    # example code."; the end now also says how to run it.
+    for note in doctree.findall(nodes.Element):
+        if "sphx-glr-download-link-note" in note.get("classes", []):
+            for text in note.findall(nodes.Text):
+                if str(text).rstrip().endswith("example code."):
+                    replaced = str(text).rstrip()[:-1] + " and to see how to run it."
+                    text.parent.replace(text, nodes.Text(replaced))
     if wheel:
         button = nodes.container(classes=["sphx-glr-download", "ws-download-wheel"])
         line = nodes.paragraph()
