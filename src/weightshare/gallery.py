@@ -1,6 +1,6 @@
 """Build helpers for a sphinx-gallery site about shared parameters.
 
-Three pieces, each usable on its own in any Sphinx project:
+Three entry points, each usable on its own in any Sphinx project:
 
 ``graphviz_scraper``
     An image scraper for sphinx-gallery. When the last expression of a code cell is
@@ -15,7 +15,11 @@ Three pieces, each usable on its own in any Sphinx project:
     blocks of the page's text in between, so a ``>>>`` claim in the prose is checked
     against the state the page's own code has built at that point. Each cell must also
     print what the html build recorded on the page (``run_cell``): two runs, the same
-    numbers.
+    numbers. It also keeps the built site self-contained and runnable at home: math
+    as MathML (``tex_to_mathml``), no scripts from CDNs (``drop_remote_scripts``), a
+    wheel of the project and the commands to run each page (``build_wheel``,
+    ``add_run_instructions``), and references retried under the names other projects
+    document them by (``resolve_alias``).
 
 This module is not imported by ``import weightshare``; it needs no Sphinx at import.
 """
