@@ -449,3 +449,41 @@ def test_an_alias_is_resolved_under_its_documented_name(
     assert seen == ["long.Name"] and node["reftarget"] == "short.Name"
     unknown = nodes.reference(reftarget="other.Name")
     assert gallery.resolve_alias(app, None, unknown, None) is None
+
+
+def test_notebooks_and_their_zips_get_markdown_roles(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    gallery_dir = tmp_path / "auto_examples" / "basics"
+    gallery_dir.mkdir(parents=True)
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": ["A :term:`tie` of ", "x"]},
+        {"cell_type": "code", "metadata": {}, "source": "y = 1", "outputs": []},
+        {"cell_type": "markdown", "metadata": {}, "source": ":func:`~a.b.tie` it"},
+    ]
+    raw = json.dumps({"cells": cells, "metadata": {}, "nbformat": 4})
+    notebook = gallery_dir / "plot_x.ipynb"
+    notebook.write_text(raw)
+    archive = gallery_dir / "plot_x.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("plot_x.ipynb", raw)
+        out.writestr("plot_x.py", "# :func:`kept` in a script\n")
+    app = types.SimpleNamespace(
+        srcdir=str(tmp_path),
+        config=types.SimpleNamespace(
+            sphinx_gallery_conf={"gallery_dirs": "auto_examples"}
+        ),
+    )
+    gallery.clean_notebooks(app)
+    for text in (
+        notebook.read_text(),
+        zipfile.ZipFile(archive).read("plot_x.ipynb").decode(),
+    ):
+        sources = [c["source"] for c in json.loads(text)["cells"]]
+        assert sources == ["A tie of x", "y = 1", "`tie` it"]
+    script = zipfile.ZipFile(archive).read("plot_x.py").decode()
+    assert script == "# :func:`kept` in a script\n"
+    before = archive.read_bytes()
+    gallery.clean_notebooks(app)  # nothing left to change: files are not rewritten
+    assert archive.read_bytes() == before

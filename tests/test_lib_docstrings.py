@@ -16,6 +16,7 @@ MODULES = [
     "weightshare._groups",
     "weightshare._guard",
     "weightshare._tie",
+    "weightshare.gallery",
     "weightshare.models",
 ]
 

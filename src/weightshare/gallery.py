@@ -41,8 +41,10 @@ __all__ = [
     "WALL_CLOCK",
     "add_run_instructions",
     "build_wheel",
+    "clean_notebooks",
     "drop_remote_scripts",
     "graphviz_scraper",
+    "notebook_markdown",
     "render_svg",
     "reset_seeds",
     "resolve_alias",
@@ -518,6 +520,81 @@ def drop_remote_scripts(app: Any, doctree: Any) -> None:
             raw.parent.remove(raw)
 
 
+_ROLE = re.compile(
+    r":(?:py:)?(func|class|meth|attr|mod|data|obj|exc|term|doc):`([^`]+)`"
+)
+
+
+def _role_as_markdown(match: re.Match[str]) -> str:
+    role, text = match.groups()
+    explicit = re.fullmatch(r"(.*?)\s*<[^<>]+>", text, re.DOTALL)
+    if explicit:
+        text = explicit.group(1)
+    elif text.startswith("~"):
+        text = text[1:].rsplit(".", 1)[-1]
+    return text if role in {"term", "doc"} else f"`{text}`"
+
+
+def notebook_markdown(text: str) -> str:
+    """Sphinx roles in notebook Markdown, as a reader of the notebook should see them.
+
+    sphinx-gallery writes the prose of an example into the notebook as it is, so
+    ``:class:`~torch.nn.Parameter``` would show literally; it becomes ```Parameter```
+    (code), and ``:term:`tie``` becomes ``tie``.
+
+    >>> from weightshare.gallery import notebook_markdown
+    >>> notebook_markdown("one :class:`~torch.nn.Parameter`, :func:`weightshare.tie`")
+    'one `Parameter`, `weightshare.tie`'
+    >>> notebook_markdown(":class:`nn.Linear <torch.nn.Linear>` and a :term:`tie`")
+    '`nn.Linear` and a tie'
+    """
+    return _ROLE.sub(_role_as_markdown, text)
+
+
+def _clean_notebook(raw: str) -> str:
+    import json
+
+    notebook = json.loads(raw)
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "markdown":
+            source = cell["source"]
+            text = "".join(source) if isinstance(source, list) else source
+            cell["source"] = notebook_markdown(text)
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+def clean_notebooks(app: Any) -> None:
+    """``builder-inited``, after sphinx-gallery: Markdown roles in the notebooks.
+
+    Rewrites the gallery's ``.ipynb`` files with :func:`notebook_markdown`, and the
+    copies inside sphinx-gallery's zip files, before Sphinx copies them to the site.
+    """
+    import zipfile
+
+    conf = getattr(app.config, "sphinx_gallery_conf", {}) or {}
+    dirs = conf.get("gallery_dirs", [])
+    for gallery in [dirs] if isinstance(dirs, str) else dirs:
+        root = Path(app.srcdir) / gallery
+        for notebook in root.rglob("*.ipynb"):
+            raw = notebook.read_text(encoding="utf-8")
+            if notebook_markdown(raw) != raw:
+                notebook.write_text(_clean_notebook(raw), encoding="utf-8")
+        for archive in root.rglob("*.zip"):
+            with zipfile.ZipFile(archive) as old:
+                members = [(info, old.read(info)) for info in old.infolist()]
+            changed = [
+                (info, _clean_notebook(data.decode()).encode())
+                if info.filename.endswith(".ipynb")
+                and notebook_markdown(data.decode()) != data.decode()
+                else (info, data)
+                for info, data in members
+            ]
+            if changed != members:
+                with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as new:
+                    for info, data in changed:
+                        new.writestr(info, data)
+
+
 def resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     """``missing-reference``: retry a reference under its documented name.
 
@@ -556,6 +633,8 @@ def setup(app: Any) -> dict[str, Any]:
     app.add_config_value("weightshare_reference_aliases", {}, "env", dict)
     app.connect("missing-reference", resolve_alias)
     app.connect("builder-inited", _offer_wheel)
+    # After sphinx-gallery (priority 500) has written the notebooks and zip files.
+    app.connect("builder-inited", clean_notebooks, priority=600)
     # Before Sphinx's own doctree-read handlers (priority 500), which collect the
     # download links this adds.
     app.connect("doctree-read", add_run_instructions, priority=400)
