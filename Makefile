@@ -75,7 +75,7 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
-	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered
+	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12
 
 clean:  ## remove the built site and generated pages (keeps .venv and test venvs)
 	@# _build/download-envs holds the download tests' virtual environments: kept like
