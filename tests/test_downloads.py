@@ -114,13 +114,14 @@ def _bash(script: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess
 def _env(name: str, key: str, wheel: Path, make: str) -> Path:
     """The folder of a kept environment, made again by ``make`` when ``key`` changed.
 
-    The wheel of this build is copied in and reinstalled (pip would skip it: the
-    version number does not change when src/ does).
+    The wheel of this build is copied in; in a kept environment that has it
+    installed, it is reinstalled (pip would skip it: the version number does not
+    change when src/ does). A new environment gets it from the page's commands or
+    the notebook's first cell, as a reader's does.
     """
     folder = ENVS / name
     stamp = folder / ".made-by"
     digest = hashlib.sha256(key.encode()).hexdigest()
-    shutil.rmtree(folder / wheel.name, ignore_errors=True)
     if not stamp.exists() or stamp.read_text() != digest:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
