@@ -159,7 +159,8 @@ def downloads(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _setup_lines(site_url: str) -> list[str]:
+@pytest.fixture(scope="module")
+def setup_lines(site_url: str) -> list[str]:
     """The lines every page gives to set up the environment, checked to be one set."""
     setups = set()
     for page in PAGES:
@@ -172,9 +173,9 @@ def _setup_lines(site_url: str) -> list[str]:
 
 
 def test_every_page_offers_the_same_wheel_and_says_how_to_run_it(
-    site_url: str, downloads: Path
+    setup_lines: list[str], downloads: Path
 ) -> None:
-    lines = _setup_lines(site_url)
+    lines = setup_lines
     wheels = list(downloads.glob("*.whl"))
     assert len(wheels) == 1
     assert lines[0] == "python3 -m venv .venv"
@@ -187,10 +188,9 @@ def test_every_page_offers_the_same_wheel_and_says_how_to_run_it(
 
 
 @pytest.fixture(scope="module")
-def script_env(site_url: str, downloads: Path) -> Path:
-    lines = _setup_lines(site_url)
+def script_env(setup_lines: list[str], downloads: Path) -> Path:
     wheel = next(downloads.glob("*.whl"))
-    return _env("script", "\n".join(lines), wheel, "\n".join(lines))
+    return _env("script", "\n".join(setup_lines), wheel, "\n".join(setup_lines))
 
 
 @pytest.mark.parametrize("page", PAGES)
