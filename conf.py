@@ -96,6 +96,8 @@ sphinx_gallery_conf = {
         "../examples/basics",
         "../examples/architectures",
         "../examples/training",
+        "../examples/pitfalls",
+        "../examples/distributed",
     ],
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("weightshare",),
