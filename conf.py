@@ -9,8 +9,21 @@ import sys
 from importlib.metadata import version as _version
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# The repository root, so that `benchmarks.report` imports (extension and plot code).
-sys.path.insert(0, ROOT)
+
+
+def here(*parts: str) -> str:
+    """A path in the repository: every path this file names starts at its root."""
+    return os.path.join(ROOT, *parts)
+
+
+def from_docs(*parts: str) -> str:
+    """``here(*parts)`` relative to docs/: sphinx-gallery reads its paths that way."""
+    return os.path.relpath(here(*parts), here("docs"))
+
+
+# The site's own extensions, one concern each (docs/_ext/, as scikit-learn keeps
+# doc/sphinxext/).
+sys.path.insert(0, here("docs", "_ext"))
 
 project = "weightshare"
 author = "the weightshare authors"
@@ -27,9 +40,12 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx_copybutton",
     "sphinx_gallery.gen_gallery",
-    "weightshare.gallery",  # runs gallery code cells inside `make doctest`
     "matplotlib.sphinxext.plot_directive",
-    "benchmarks.report",  # fills docs/benchmarks.md from benchmarks/results/*.json
+    "gallery_graphviz",  # autograd graphs drawn in pages; seeds
+    "gallery_doctest",  # gallery code cells run inside `make doctest`
+    "gallery_downloads",  # the wheel, the run box, notebooks in Markdown
+    "offline_site",  # MathML, no CDN scripts, reference aliases
+    "benchmark_results",  # docs/benchmarks.md from benchmarks/results/*.json
 ]
 
 root_doc = "index"
@@ -45,10 +61,13 @@ napoleon_google_docstring = False
 # (docs/_intersphinx/; Sphinx only logs it when it falls back), so a build without
 # the network links them too and stays free of warnings.
 intersphinx_mapping = {
-    "python": ("https://docs.python.org/3/", (None, "_intersphinx/python.inv")),
+    "python": (
+        "https://docs.python.org/3/",
+        (None, here("docs", "_intersphinx", "python.inv")),
+    ),
     "torch": (
         "https://docs.pytorch.org/docs/stable/",
-        (None, "_intersphinx/torch.inv"),
+        (None, here("docs", "_intersphinx", "torch.inv")),
     ),
 }
 intersphinx_timeout = 10
@@ -69,12 +88,12 @@ nitpick_ignore_regex = [
 # -- Running a downloaded example -----------------------------------------------------
 # Each gallery page tells its reader how to run its script at home: a fresh virtual
 # environment with these pinned packages and this library's wheel, which every build
-# makes from src/ and offers for download (weightshare.gallery, add_run_instructions).
+# makes from src/ and offers for download (docs/_ext/gallery_downloads.py).
 # The notebooks' first cell installs the same.
 def _pins(*names: str) -> list[str]:
     """``name==version`` lines of requirements.txt, for the given package names."""
     pins = {}
-    with open(os.path.join(ROOT, "requirements.txt")) as f:
+    with open(here("requirements.txt")) as f:
         for line in f:
             name, _, pinned = line.strip().partition("==")
             pins[name.lower()] = f"{name}=={pinned}"
@@ -89,21 +108,24 @@ WHEEL = f"weightshare-{release}-py3-none-any.whl"
 
 # -- Gallery ---------------------------------------------------------------------------
 sphinx_gallery_conf = {
-    "examples_dirs": "../examples",
-    "gallery_dirs": "auto_examples",
+    "examples_dirs": from_docs("examples"),
+    "gallery_dirs": from_docs("docs", "auto_examples"),
     "filename_pattern": r"/plot_",
     "subsection_order": [
-        "../examples/basics",
-        "../examples/architectures",
-        "../examples/training",
-        "../examples/pitfalls",
-        "../examples/distributed",
+        from_docs("examples", section)
+        for section in (
+            "basics",
+            "architectures",
+            "training",
+            "pitfalls",
+            "distributed",
+        )
     ],
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("weightshare",),
-    "backreferences_dir": "gen_modules/backreferences",
-    "image_scrapers": ("matplotlib", "weightshare.gallery.graphviz_scraper"),
-    "reset_modules": ("matplotlib", "weightshare.gallery.reset_seeds"),
+    "backreferences_dir": from_docs("docs", "gen_modules", "backreferences"),
+    "image_scrapers": ("matplotlib", "gallery_graphviz.graphviz_scraper"),
+    "reset_modules": ("matplotlib", "gallery_graphviz.reset_seeds"),
     "ignore_repr_types": r"graphviz\.",
     "remove_config_comments": True,
     "min_reported_time": 0,
@@ -117,7 +139,8 @@ sphinx_gallery_conf = {
     ),
 }
 
-# -- Benchmark plots (docs/benchmarks.md) ----------------------------------------------
+# -- Benchmark results (docs/benchmarks.md) --------------------------------------------
+benchmark_results_dir = here("benchmarks", "results")
 plot_html_show_source_link = False
 plot_html_show_formats = False
 
@@ -127,16 +150,16 @@ import warnings
 import matplotlib
 matplotlib.use("Agg")
 warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")
-from weightshare.gallery import reset_seeds
+from gallery_graphviz import reset_seeds
 reset_seeds(None, "")
 """
 
 # -- HTML ------------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = "weightshare"
-html_static_path = ["docs/_static"]
+html_static_path = [here("docs", "_static")]
 html_css_files = ["weightshare.css"]
-html_math_renderer = "mathml"  # weightshare.gallery: static MathML, no MathJax
+html_math_renderer = "mathml"  # offline_site: static MathML, no MathJax
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
@@ -146,8 +169,10 @@ html_show_sourcelink = False
 # Example pages need the width for 88-column code: no left sidebar there (the top bar,
 # the breadcrumbs and the previous/next links still navigate).
 html_sidebars = {"auto_examples/*/plot_*": []}
-html_favicon = "docs/_static/favicon.svg"
-html_search_scorer = "docs/_static/search_scorer.js"  # titles with the query first
+html_favicon = here("docs", "_static", "favicon.svg")
+html_search_scorer = here(
+    "docs", "_static", "search_scorer.js"
+)  # titles with the query first
 # A reader who never chose a mode gets the system's; without this, the theme logs
 # "Got invalid theme mode" to the console on a first visit.
 html_context = {"default_mode": "auto"}

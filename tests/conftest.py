@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
+# The site's Sphinx extensions (tests/test_site_extensions.py), as conf.py finds them.
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
 
 def make(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:

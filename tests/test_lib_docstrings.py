@@ -16,7 +16,6 @@ MODULES = [
     "weightshare._groups",
     "weightshare._guard",
     "weightshare._tie",
-    "weightshare.gallery",
     "weightshare.models",
 ]
 

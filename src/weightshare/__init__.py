@@ -22,63 +22,19 @@ Examples
 40
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._checkpoint import checkpoint_groups, load, save
-    from ._count import ParameterCount, count_parameters, training_state_bytes
-    from ._errors import (
-        BrokenTieError,
-        CheckpointError,
-        NotAParameterError,
-        TieError,
-        UnknownNameError,
-    )
-    from ._grad import grad_contributions
-    from ._groups import is_tied, shared_groups, storage_aliases
-    from ._guard import TieGuard
-    from ._tie import retie, tie, untie
-
-# Submodules load on first use (PEP 562), so `import weightshare` and the Sphinx
-# extension `weightshare.gallery` do not pay for importing torch until it is needed.
-_HOMES = {
-    "checkpoint_groups": "_checkpoint",
-    "load": "_checkpoint",
-    "save": "_checkpoint",
-    "ParameterCount": "_count",
-    "count_parameters": "_count",
-    "training_state_bytes": "_count",
-    "BrokenTieError": "_errors",
-    "CheckpointError": "_errors",
-    "NotAParameterError": "_errors",
-    "TieError": "_errors",
-    "UnknownNameError": "_errors",
-    "grad_contributions": "_grad",
-    "is_tied": "_groups",
-    "shared_groups": "_groups",
-    "storage_aliases": "_groups",
-    "TieGuard": "_guard",
-    "retie": "_tie",
-    "tie": "_tie",
-    "untie": "_tie",
-}
-
-
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'weightshare' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
-
+from ._checkpoint import checkpoint_groups, load, save
+from ._count import ParameterCount, count_parameters, training_state_bytes
+from ._errors import (
+    BrokenTieError,
+    CheckpointError,
+    NotAParameterError,
+    TieError,
+    UnknownNameError,
+)
+from ._grad import grad_contributions
+from ._groups import is_tied, shared_groups, storage_aliases
+from ._guard import TieGuard
+from ._tie import retie, tie, untie
 
 __version__ = "0.1.0"
 

@@ -1,21 +1,25 @@
-"""Tests of weightshare.gallery: the Graphviz scraper, seeding, the doctest hook."""
+"""Tests of the site's Sphinx extensions in docs/_ext/ (on sys.path via conftest)."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import types
 from pathlib import Path
 from typing import Any
 
+import benchmark_results
+import gallery_doctest
+import gallery_downloads
+import gallery_graphviz
 import graphviz
+import offline_site
 import pytest
 import torch
 from docutils import nodes
 from docutils.core import publish_doctree
-
-from weightshare import gallery
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz")
 
@@ -39,7 +43,7 @@ def _digraph() -> graphviz.Digraph:
 @needs_dot
 def test_scraper_renders_last_expression_to_svg(tmp_path: Path) -> None:
     graph = _digraph()
-    rst = gallery.graphviz_scraper(
+    rst = gallery_graphviz.graphviz_scraper(
         _block("graph"), _block_vars(tmp_path, graph), {"src_dir": str(tmp_path)}
     )
     svg = tmp_path / "images" / "img_001.svg"
@@ -52,7 +56,7 @@ def test_scraper_renders_last_expression_to_svg(tmp_path: Path) -> None:
 
 @needs_dot
 def test_render_svg_has_transparent_background() -> None:
-    svg = gallery.render_svg(_digraph())
+    svg = gallery_graphviz.render_svg(_digraph())
     plain = _digraph().pipe(format="svg", encoding="utf-8")
     assert '<polygon fill="white"' in plain  # dot's default backing
     assert '<polygon fill="white"' not in svg
@@ -73,26 +77,26 @@ def test_scraper_ignores_cells_without_a_graph(
     tmp_path: Path, code: str, value: object
 ) -> None:
     block_vars = _block_vars(tmp_path, value)
-    assert gallery.graphviz_scraper(_block(code), block_vars, {}) == ""
+    assert gallery_graphviz.graphviz_scraper(_block(code), block_vars, {}) == ""
     assert not list((tmp_path / "images").iterdir())
 
 
 @needs_dot
 def test_render_svg_takes_a_graphviz_source() -> None:
-    svg = gallery.render_svg(graphviz.Source("digraph { a -> b }"))
+    svg = gallery_graphviz.render_svg(graphviz.Source("digraph { a -> b }"))
     assert svg.startswith("<svg")
 
 
 def test_missing_dot_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
     with pytest.raises(RuntimeError, match="system package 'graphviz'"):
-        gallery.render_svg(_digraph())
+        gallery_graphviz.render_svg(_digraph())
 
 
 def test_reset_seeds_makes_draws_repeat() -> None:
-    gallery.reset_seeds(None, "plot_a.py")
+    gallery_graphviz.reset_seeds(None, "plot_a.py")
     first = (random.random(), torch.rand(3))
-    gallery.reset_seeds(None, "plot_b.py")
+    gallery_graphviz.reset_seeds(None, "plot_b.py")
     second = (random.random(), torch.rand(3))
     assert first[0] == second[0]
     assert torch.equal(first[1], second[1])
@@ -140,7 +144,7 @@ def _marked_doctree() -> Any:
         source_path="auto_examples/plot_x.rst",
         settings_overrides={"report_level": 5},
     )
-    gallery.mark_gallery_cells(None, doctree)
+    gallery_doctest.mark_gallery_cells(None, doctree)
     return doctree
 
 
@@ -158,7 +162,7 @@ def test_code_cells_become_testcode_with_the_script_lines() -> None:
 
 
 def test_cell_traceback_points_at_script_line() -> None:
-    source = gallery._cell_test("1 / 0", "plot_x.py", 42)
+    source = gallery_doctest._cell_test("1 / 0", "plot_x.py", 42)
     with pytest.raises(ZeroDivisionError) as info:
         exec(source, {})
     assert info.traceback[-1].lineno + 1 == 42
@@ -176,11 +180,20 @@ def test_marking_twice_keeps_the_first_marking() -> None:
     doctree = _marked_doctree()
     cell = next(iter(doctree.findall(nodes.literal_block)))
     cell["test"] = "sentinel"
-    gallery.mark_gallery_cells(None, doctree)
+    gallery_doctest.mark_gallery_cells(None, doctree)
     assert cell["test"] == "sentinel"
 
 
-def test_setup_registers_every_hook() -> None:
+EXTENSIONS = [
+    gallery_graphviz,
+    gallery_doctest,
+    gallery_downloads,
+    offline_site,
+    benchmark_results,
+]
+
+
+def _fake_app() -> tuple[Any, list[tuple[str, Any]], list[str], list[str]]:
     connected: list[tuple[str, Any]] = []
     configs: list[str] = []
     renderers: list[str] = []
@@ -189,15 +202,128 @@ def test_setup_registers_every_hook() -> None:
         add_config_value=lambda name, *args: configs.append(name),
         add_html_math_renderer=lambda name, *args: renderers.append(name),
     )
-    metadata = gallery.setup(app)
-    assert ("doctree-read", gallery.mark_gallery_cells) in connected
-    assert ("doctree-read", gallery.add_run_instructions) in connected
-    assert ("doctree-read", gallery.drop_remote_scripts) in connected
-    assert ("missing-reference", gallery.resolve_alias) in connected
-    assert ("builder-inited", gallery._offer_wheel) in connected
+    return app, connected, configs, renderers
+
+
+@pytest.mark.parametrize("extension", EXTENSIONS, ids=lambda m: m.__name__)
+def test_each_extension_validates_its_config_and_declares_itself(
+    extension: Any,
+) -> None:
+    app, connected, _, _ = _fake_app()
+    metadata = extension.setup(app)
+    assert ("config-inited", extension.check_config) in connected
+    assert metadata == {
+        "version": extension.__version__,
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }
+
+
+def test_setup_registers_every_hook() -> None:
+    app, connected, configs, renderers = _fake_app()
+    for extension in EXTENSIONS:
+        extension.setup(app)
+    assert ("doctree-read", gallery_doctest.mark_gallery_cells) in connected
+    assert ("doctree-read", gallery_downloads.add_run_instructions) in connected
+    assert ("doctree-read", offline_site.drop_remote_scripts) in connected
+    assert ("missing-reference", offline_site.resolve_alias) in connected
+    assert ("builder-inited", gallery_downloads._offer_wheel) in connected
     assert renderers == ["mathml"]
-    assert "weightshare_wheel_project" in configs
-    assert metadata["parallel_read_safe"] is True
+    assert {"weightshare_wheel_project", "benchmark_results_dir"} <= set(configs)
+
+
+def _config(**values: Any) -> Any:
+    base: dict[str, Any] = {
+        "extensions": ["sphinx_gallery.gen_gallery"],
+        "sphinx_gallery_conf": {
+            "image_scrapers": ("matplotlib", "gallery_graphviz.graphviz_scraper"),
+            "ignore_repr_types": r"graphviz\.",
+        },
+        "weightshare_run_requirements": ["torch==2.13.0"],
+        "weightshare_wheel_project": "",
+        "weightshare_reference_aliases": {"a.B": "c.B"},
+        "benchmark_results_dir": "results",
+    }
+    base.update(values)
+    return types.SimpleNamespace(**base)
+
+
+def test_a_valid_config_passes_every_check(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    app = types.SimpleNamespace(confdir=str(tmp_path))
+    for extension in EXTENSIONS:
+        extension.check_config(app, _config())
+    assert benchmark_results.results_folder() == (tmp_path / "results").resolve()
+
+
+@pytest.mark.parametrize(
+    ("extension", "values", "message"),
+    [
+        (
+            gallery_graphviz,
+            {
+                "sphinx_gallery_conf": {
+                    "image_scrapers": ["gallery_graphviz.graphviz_scraper"]
+                }
+            },
+            "ignore_repr_types",
+        ),
+        (gallery_doctest, {"extensions": []}, "sphinx_gallery.gen_gallery"),
+        (gallery_doctest, {"sphinx_gallery_conf": None}, "must be a dict"),
+        (
+            gallery_downloads,
+            {"weightshare_run_requirements": ["torch>=2"]},
+            "'torch>=2' is not an exact pin",
+        ),
+        (
+            gallery_downloads,
+            {"weightshare_run_requirements": "torch==2"},
+            "must be a list",
+        ),
+        (
+            gallery_downloads,
+            {"weightshare_wheel_project": "/nonexistent"},
+            "has no pyproject.toml",
+        ),
+        (
+            offline_site,
+            {"weightshare_reference_aliases": {"a": 1}},
+            "str -> str",
+        ),
+        (benchmark_results, {"benchmark_results_dir": "missing"}, "not a directory"),
+    ],
+)
+def test_a_bad_config_value_is_named_in_a_config_error(
+    tmp_path: Path, extension: Any, values: dict[str, Any], message: str
+) -> None:
+    from sphinx.errors import ConfigError
+
+    app = types.SimpleNamespace(confdir=str(tmp_path))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        extension.check_config(app, _config(**values))
+
+
+def test_cells_are_judged_by_the_gallerys_own_repr_settings() -> None:
+    config = types.SimpleNamespace(
+        sphinx_gallery_conf={"capture_repr": ("__str__",), "ignore_repr_types": "int"}
+    )
+    assert gallery_doctest.repr_settings(config) == (("__str__",), "int")
+    assert gallery_doctest.repr_settings(None) == (("_repr_html_", "__repr__"), "")
+
+    class Both:
+        def __repr__(self) -> str:
+            return "repr"
+
+        def __str__(self) -> str:
+            return "str"
+
+    namespace = {"Both": Both}
+    run = gallery_doctest.run_cell
+    assert run("Both()", "c.py", namespace, capture_repr=("__str__",)) == "\nstr"
+    assert run("Both()", "c.py", namespace) == "\nrepr"
+    assert run("Both()", "c.py", namespace, capture_repr=()) == ""
+    assert run("7", "c.py", {}, ignore_repr_types="int") == ""
+    assert run("7", "c.py", {}, ignore_repr_types="") == "\n7"
 
 
 def test_a_cell_must_print_what_the_page_recorded() -> None:
@@ -220,18 +346,20 @@ def test_a_page_built_without_running_examples_compares_nothing() -> None:
         source_path="auto_examples/plot_x.rst",
         settings_overrides={"report_level": 5},
     )
-    gallery.mark_gallery_cells(None, doctree)
+    gallery_doctest.mark_gallery_cells(None, doctree)
     cell = next(iter(doctree.findall(nodes.literal_block)))
     assert "recorded=None" in cell["test"]
 
 
 def test_run_cell_shows_prints_then_the_last_value_like_sphinx_gallery() -> None:
     namespace: dict[str, Any] = {}
-    shown = gallery.run_cell("x = 2\nprint('x is', x)\nx * 21", "c.py", namespace)
+    shown = gallery_doctest.run_cell(
+        "x = 2\nprint('x is', x)\nx * 21", "c.py", namespace
+    )
     assert shown == "x is 2\n\n42"
     assert namespace["x"] == 2
-    assert gallery.run_cell("print('only')", "c.py", {}) == "only\n"
-    assert gallery.run_cell("None", "c.py", {}) == ""
+    assert gallery_doctest.run_cell("print('only')", "c.py", {}) == "only\n"
+    assert gallery_doctest.run_cell("None", "c.py", {}) == ""
 
 
 def test_run_cell_shows_no_text_for_graphs_or_html_reprs() -> None:
@@ -247,17 +375,21 @@ def test_run_cell_shows_no_text_for_graphs_or_html_reprs() -> None:
             return "plain"
 
     namespace = {"Html": Html, "BrokenHtml": BrokenHtml, "graph": _digraph()}
-    assert gallery.run_cell("graph", "c.py", namespace, recorded="") == ""
-    assert gallery.run_cell("Html()", "c.py", namespace) == ""
-    assert gallery.run_cell("BrokenHtml()", "c.py", namespace) == "\nplain"
+    graphs = r"graphviz\."
+    run = gallery_doctest.run_cell
+    assert run("graph", "c.py", namespace, recorded="", ignore_repr_types=graphs) == ""
+    assert gallery_doctest.run_cell("Html()", "c.py", namespace) == ""
+    assert gallery_doctest.run_cell("BrokenHtml()", "c.py", namespace) == "\nplain"
 
 
 def test_run_cell_skips_wall_clock_lines_and_addresses() -> None:
     code = "print('loss 0.25')\nprint('took 1.2 s (wall clock)')\nobject()"
     recorded = "loss 0.25\ntook 9.9 s (wall clock)\n\n<object object at 0x7f00deadbeef>"
-    gallery.run_cell(code, "c.py", {}, recorded=recorded)
+    gallery_doctest.run_cell(code, "c.py", {}, recorded=recorded)
     with pytest.raises(AssertionError, match=r"-loss 0\.26\n\+loss 0\.25"):
-        gallery.run_cell(code, "c.py", {}, recorded=recorded.replace("25", "26"))
+        gallery_doctest.run_cell(
+            code, "c.py", {}, recorded=recorded.replace("25", "26")
+        )
 
 
 # -- run-it-yourself box, wheel, math, CDN scripts, aliases ----------------------------
@@ -293,16 +425,18 @@ def _app(tmp_path: Path, wheel: str = "pkg-1.0-py3-none-any.whl") -> Any:
 
 
 def test_run_commands_make_a_venv_install_and_run() -> None:
-    lines = gallery.run_commands(["a==1", "b==2"], "w.whl", "plot_x.py").splitlines()
+    lines = gallery_downloads.run_commands(
+        ["a==1", "b==2"], "w.whl", "plot_x.py"
+    ).splitlines()
     assert lines[0] == "python3 -m venv .venv"
     assert lines[1].startswith(". .venv/bin/activate")
     assert lines[2:] == ["pip install a==1 b==2 w.whl", "python plot_x.py"]
-    assert "pip install a==1\n" in gallery.run_commands(["a==1"], "", "x.py")
+    assert "pip install a==1\n" in gallery_downloads.run_commands(["a==1"], "", "x.py")
 
 
 def test_run_instructions_go_before_the_downloads(tmp_path: Path) -> None:
     doctree = publish_doctree(FOOTER_PAGE, settings_overrides={"report_level": 5})
-    gallery.add_run_instructions(_app(tmp_path), doctree)
+    gallery_downloads.add_run_instructions(_app(tmp_path), doctree)
     box = next(iter(doctree.findall(nodes.admonition)))
     assert "ws-run-it" in box["classes"]
     commands = next(iter(box.findall(nodes.literal_block))).astext()
@@ -325,7 +459,7 @@ def test_run_instructions_go_before_the_downloads(tmp_path: Path) -> None:
 
 def test_without_a_wheel_only_the_script_is_mentioned(tmp_path: Path) -> None:
     doctree = publish_doctree(FOOTER_PAGE, settings_overrides={"report_level": 5})
-    gallery.add_run_instructions(_app(tmp_path, wheel=""), doctree)
+    gallery_downloads.add_run_instructions(_app(tmp_path, wheel=""), doctree)
     assert "wheel" not in next(iter(doctree.findall(nodes.admonition))).astext()
     assert not [
         n for n in doctree.findall(nodes.Element) if n.get("reftype") == "download"
@@ -335,7 +469,7 @@ def test_without_a_wheel_only_the_script_is_mentioned(tmp_path: Path) -> None:
 def test_pages_without_a_gallery_footer_are_left_alone(tmp_path: Path) -> None:
     doctree = publish_doctree("Title\n=====\n\nText.\n")
     before = doctree.pformat()
-    gallery.add_run_instructions(_app(tmp_path), doctree)
+    gallery_downloads.add_run_instructions(_app(tmp_path), doctree)
     assert doctree.pformat() == before
 
 
@@ -354,19 +488,22 @@ def _project(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_build_wheel_builds_once_and_again_after_a_change(tmp_path: Path) -> None:
     project = _project(tmp_path)
-    wheel = gallery.build_wheel(project, tmp_path / "out")
+    wheel = gallery_downloads.build_wheel(project, tmp_path / "out")
     assert wheel.name == "tinypkg-1.0-py3-none-any.whl"
     built = wheel.stat().st_mtime_ns
     (project / "src" / "tinypkg" / "__pycache__").mkdir()  # an import is no change
     (project / "src" / "tinypkg" / "__pycache__" / "x.pyc").write_text("")
-    assert gallery.build_wheel(project, tmp_path / "out").stat().st_mtime_ns == built
+    assert (
+        gallery_downloads.build_wheel(project, tmp_path / "out").stat().st_mtime_ns
+        == built
+    )
     source = project / "src" / "tinypkg" / "__init__.py"
     os.utime(source, ns=(built + 10**9, built + 10**9))
-    again = gallery.build_wheel(project, tmp_path / "out")
+    again = gallery_downloads.build_wheel(project, tmp_path / "out")
     assert again.stat().st_mtime_ns != built
     app = _app(tmp_path)
     app.config.weightshare_wheel_project = str(project)
-    gallery._offer_wheel(app)
+    gallery_downloads._offer_wheel(app)
     assert app.env.weightshare_wheel == "tinypkg-1.0-py3-none-any.whl"
     assert (tmp_path / "_wheel" / app.env.weightshare_wheel).is_file()
 
@@ -375,20 +512,20 @@ def test_build_wheel_failure_shows_pips_output(tmp_path: Path) -> None:
     project = _project(tmp_path)
     (project / "pyproject.toml").write_text("[project\nbroken")
     with pytest.raises(RuntimeError, match=r"Building the wheel of .*proj failed"):
-        gallery.build_wheel(project, tmp_path / "out")
+        gallery_downloads.build_wheel(project, tmp_path / "out")
 
 
 def test_no_wheel_project_builds_nothing(tmp_path: Path) -> None:
     app = _app(tmp_path, wheel="")
-    gallery._offer_wheel(app)
+    gallery_downloads._offer_wheel(app)
     assert not (tmp_path / "_wheel").exists()
 
 
 def test_tex_to_mathml() -> None:
-    assert gallery.tex_to_mathml(r"w^2").startswith("<math")
-    assert 'display="block"' in gallery.tex_to_mathml(r"\sum_i x_i", block=True)
+    assert offline_site.tex_to_mathml(r"w^2").startswith("<math")
+    assert 'display="block"' in offline_site.tex_to_mathml(r"\sum_i x_i", block=True)
     with pytest.raises(ValueError, match=r"cannot write '\\\\nosuch' as MathML"):
-        gallery.tex_to_mathml(r"\nosuch")
+        offline_site.tex_to_mathml(r"\nosuch")
 
 
 class _Translator:
@@ -405,9 +542,9 @@ class _Translator:
 def test_math_is_written_as_mathml(monkeypatch: pytest.MonkeyPatch) -> None:
     translator = _Translator()
     with pytest.raises(nodes.SkipNode):
-        gallery._visit_math(translator, nodes.math("", "x^2"))
+        offline_site._visit_math(translator, nodes.math("", "x^2"))
     with pytest.raises(nodes.SkipNode):
-        gallery._visit_displaymath(translator, nodes.math_block("", "y"))
+        offline_site._visit_displaymath(translator, nodes.math_block("", "y"))
     html = "".join(translator.body)
     assert html.startswith('<span class="math notranslate"><math')
     assert '<div class="math notranslate"><math' in html and 'display="block"' in html
@@ -417,7 +554,7 @@ def test_math_is_written_as_mathml(monkeypatch: pytest.MonkeyPatch) -> None:
         lambda self, msg, *a, **k: warnings.append(msg),
     )
     with pytest.raises(nodes.SkipNode):
-        gallery._visit_math(translator, nodes.math("", r"\nosuch<"))
+        offline_site._visit_math(translator, nodes.math("", r"\nosuch<"))
     assert translator.body[-1] == r"<code>\nosuch&lt;</code></span>"
     assert "cannot write" in warnings[0]
 
@@ -428,7 +565,7 @@ def test_scripts_from_other_hosts_are_dropped() -> None:
         ".. raw:: html\n\n   <script>local()</script>\n",
         settings_overrides={"raw_enabled": True},
     )
-    gallery.drop_remote_scripts(None, doctree)
+    offline_site.drop_remote_scripts(None, doctree)
     kept = [raw.astext() for raw in doctree.findall(nodes.raw)]
     assert kept == ["<script>local()</script>"]
 
@@ -445,10 +582,10 @@ def test_an_alias_is_resolved_under_its_documented_name(
     monkeypatch.setattr("sphinx.ext.intersphinx.missing_reference", fake)
     app = _app(tmp_path)
     node = nodes.reference(reftarget="short.Name")
-    assert gallery.resolve_alias(app, None, node, None) == "resolved"
+    assert offline_site.resolve_alias(app, None, node, None) == "resolved"
     assert seen == ["long.Name"] and node["reftarget"] == "short.Name"
     unknown = nodes.reference(reftarget="other.Name")
-    assert gallery.resolve_alias(app, None, unknown, None) is None
+    assert offline_site.resolve_alias(app, None, unknown, None) is None
 
 
 def test_notebooks_and_their_zips_get_markdown_roles(tmp_path: Path) -> None:
@@ -475,7 +612,7 @@ def test_notebooks_and_their_zips_get_markdown_roles(tmp_path: Path) -> None:
             sphinx_gallery_conf={"gallery_dirs": "auto_examples"}
         ),
     )
-    gallery.clean_notebooks(app)
+    gallery_downloads.clean_notebooks(app)
     for text in (
         notebook.read_text(),
         zipfile.ZipFile(archive).read("plot_x.ipynb").decode(),
@@ -485,5 +622,15 @@ def test_notebooks_and_their_zips_get_markdown_roles(tmp_path: Path) -> None:
     script = zipfile.ZipFile(archive).read("plot_x.py").decode()
     assert script == "# :func:`kept` in a script\n"
     before = archive.read_bytes()
-    gallery.clean_notebooks(app)  # nothing left to change: files are not rewritten
+    gallery_downloads.clean_notebooks(
+        app
+    )  # nothing left to change: files are not rewritten
     assert archive.read_bytes() == before
+
+
+@pytest.mark.parametrize("extension", EXTENSIONS, ids=lambda m: m.__name__)
+def test_the_extensions_docstring_examples_pass(extension: Any) -> None:
+    import doctest
+
+    result = doctest.testmod(extension, globs={}, verbose=False)
+    assert result.failed == 0

@@ -1,9 +1,11 @@
-"""Load, tabulate and plot the training-step results in benchmarks/results/.
+"""The benchmarks page is made from the recorded result files, at every build.
 
-Used at build time by the site's benchmarks page (docs/benchmarks.md): as a Sphinx
-extension (``setup``) it replaces the line ``{benchmark-results}`` of that page with
-Markdown tables made from the JSON files, and the page's ``plot`` directive calls
-:func:`plot_results`. The format of the files is described in results/README.md.
+As an extension (``"benchmark_results"`` in ``extensions``), it replaces the line
+``{benchmark-results}`` of the page ``benchmark_results_page`` with Markdown tables
+made from the ``train_step-*.json`` files in ``benchmark_results_dir`` (the format is
+described in that folder's README.md), and rebuilds the page when a file is added,
+changed or removed. The page's ``plot`` directive calls
+``plot_results(load_results())``.
 """
 
 from __future__ import annotations
@@ -12,21 +14,42 @@ import json
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from sphinx.errors import ConfigError
+
+__version__ = "1.0"
+
 PATTERN = "train_step-*.json"
-DOCNAME = "benchmarks"  # the page whose marker line is replaced
 MARKER = "{benchmark-results}"
+#: The folder of result files, set from ``benchmark_results_dir`` when the
+#: configuration is read; :func:`load_results` reads it when given no folder.
+_configured: dict[str, Path] = {}
 
 Result = dict[str, Any]
 
 
-def result_files(folder: Path = RESULTS) -> list[Path]:
-    """The result files in ``folder``, sorted by name."""
-    return sorted(folder.glob(PATTERN))
+def results_folder() -> Path:
+    """The configured ``benchmark_results_dir``.
+
+    Raises
+    ------
+    RuntimeError
+        If no Sphinx build has configured it (the extension is not loaded).
+    """
+    if "folder" not in _configured:
+        raise RuntimeError(
+            "benchmark_results: no results folder is configured; add "
+            "'benchmark_results' to extensions and set benchmark_results_dir."
+        )
+    return _configured["folder"]
 
 
-def load_results(folder: Path = RESULTS) -> list[Result]:
-    """The results in ``folder``, oldest first."""
+def result_files(folder: Path | None = None) -> list[Path]:
+    """The result files in ``folder`` (default: the configured one), sorted by name."""
+    return sorted((folder or results_folder()).glob(PATTERN))
+
+
+def load_results(folder: Path | None = None) -> list[Result]:
+    """The results in ``folder`` (default: the configured one), oldest first."""
     results = [json.loads(path.read_text()) for path in result_files(folder)]
     return sorted(results, key=lambda r: r["date"])
 
@@ -131,7 +154,7 @@ def plot_results(results: list[Result]) -> Any:
 
 def _fill_page(app: Any, docname: str, source: list[str]) -> None:
     """``source-read``: put the tables in the page, and rebuild it when they change."""
-    if docname != DOCNAME:
+    if docname != app.config.benchmark_results_page:
         return
     for path in [Path(__file__).resolve(), *result_files()]:
         app.env.note_dependency(path)
@@ -148,14 +171,39 @@ def _new_results(app: Any, env: Any, *changed: Any) -> list[str]:
 
     Changed and deleted files are caught by Sphinx itself, as noted dependencies.
     """
-    if DOCNAME not in env.found_docs:
+    page = app.config.benchmark_results_page
+    if page not in env.found_docs:
         return []
-    seen = {Path(p).resolve() for p in env.dependencies.get(DOCNAME, ())}
-    return [DOCNAME] if set(result_files()) - seen else []
+    seen = {Path(p).resolve() for p in env.dependencies.get(page, ())}
+    return [page] if set(result_files()) - seen else []
+
+
+def check_config(app: Any, config: Any) -> None:
+    """``config-inited``: the results folder exists; remember it.
+
+    Raises
+    ------
+    sphinx.errors.ConfigError
+        If ``benchmark_results_dir`` is not set or is not a directory.
+    """
+    folder = config.benchmark_results_dir
+    if not folder or not Path(app.confdir, folder).is_dir():
+        raise ConfigError(
+            f"benchmark_results_dir is {folder!r}, which is not a directory: set it to "
+            "the folder of the benchmark's result files (relative to conf.py)."
+        )
+    _configured["folder"] = Path(app.confdir, folder).resolve()
 
 
 def setup(app: Any) -> dict[str, Any]:
-    """Sphinx entry point: fill docs/benchmarks.md from the result files."""
+    """Sphinx entry point: fill the benchmarks page from the result files."""
+    app.add_config_value("benchmark_results_dir", "", "env", str)
+    app.add_config_value("benchmark_results_page", "benchmarks", "env", str)
+    app.connect("config-inited", check_config)
     app.connect("source-read", _fill_page)
     app.connect("env-get-outdated", _new_results)
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+    return {
+        "version": __version__,
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }

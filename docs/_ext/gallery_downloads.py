@@ -1,0 +1,289 @@
+"""Every gallery page can be run at home: a wheel, the commands, clean notebooks.
+
+As an extension (``"gallery_downloads"`` in ``extensions``), at the start of every
+build it makes the wheel of the project named by ``weightshare_wheel_project`` (kept
+while up to date) and offers it on each gallery page, in a box with the commands that
+create a fresh virtual environment, install ``weightshare_run_requirements`` and that
+wheel, and run the page's script (:func:`add_run_instructions`). It also rewrites the
+Sphinx roles in the gallery's notebooks as Markdown (:func:`clean_notebooks`), since
+sphinx-gallery copies the prose into them as it is.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sphinx.errors import ConfigError
+
+__version__ = "1.0"
+
+_PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+")
+
+
+def _newest_mtime(project: Path) -> float:
+    """The newest modification time of the files ``project``'s wheel is built from."""
+    files = [project / "pyproject.toml", *(project / "src").rglob("*")]
+    built = {"__pycache__", "build"}  # written by imports and builds, not sources
+    return max(
+        f.stat().st_mtime
+        for f in files
+        if f.is_file()
+        and not built.intersection(f.relative_to(project).parts)
+        and not any(p.endswith(".egg-info") for p in f.relative_to(project).parts)
+    )
+
+
+def build_wheel(project: str | Path, dest: str | Path) -> Path:
+    """Build the wheel of ``project`` into ``dest``; reuse it while it is up to date.
+
+    A wheel already in ``dest`` is kept when no file of ``project/src`` or its
+    ``pyproject.toml`` is newer, so a rebuild with nothing changed costs nothing.
+    The wheel is built with the running Python's pip, without build isolation (the
+    build backend must be installed) and without dependencies.
+
+    Raises
+    ------
+    RuntimeError
+        If pip fails; the message has pip's output.
+    """
+    project, dest = Path(project), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) == 1 and wheels[0].stat().st_mtime >= _newest_mtime(project):
+        return wheels[0]
+    for old in wheels:
+        old.unlink()
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps"]
+    command += ["--no-build-isolation", "--disable-pip-version-check", "--quiet"]
+    command += ["--wheel-dir", str(dest), str(project)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheels = sorted(dest.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        raise RuntimeError(
+            f"Building the wheel of {project} failed (pip exit {done.returncode}):\n"
+            f"{done.stdout}{done.stderr}"
+        )
+    return wheels[0]
+
+
+def _offer_wheel(app: Any) -> None:
+    """``builder-inited``: build the configured wheel into ``<srcdir>/_wheel``."""
+    project = app.config.weightshare_wheel_project
+    if project:
+        dest = Path(app.srcdir) / "_wheel"
+        app.env.weightshare_wheel = build_wheel(project, dest).name
+
+
+def run_commands(requirements: list[str], wheel: str, script: str) -> str:
+    """The shell lines that set up a fresh environment and run a downloaded script."""
+    install = " ".join([*requirements, wheel] if wheel else requirements)
+    return (
+        "python3 -m venv .venv\n"
+        ". .venv/bin/activate  # on Windows: .venv\\Scripts\\activate\n"
+        f"pip install {install}\n"
+        f"python {script}\n"
+    )
+
+
+def _is_gallery_footer(node: Any) -> bool:
+    from docutils import nodes
+
+    classes = node.get("classes", []) if isinstance(node, nodes.Element) else []
+    return isinstance(node, nodes.container) and "sphx-glr-footer-example" in classes
+
+
+def add_run_instructions(app: Any, doctree: Any) -> None:
+    """``doctree-read``: tell the reader of a gallery page how to run it at home.
+
+    Before the page's download buttons it adds a box with the commands that create a
+    fresh virtual environment, install ``weightshare_run_requirements`` and the
+    wheel, and run the script (the notebook's first cell installs the same), and it
+    adds the wheel to the download buttons.
+    """
+    from docutils import nodes
+    from sphinx import addnodes
+
+    footer = next(iter(doctree.findall(_is_gallery_footer)), None)
+    if footer is None:
+        return
+    wheel = getattr(app.env, "weightshare_wheel", "")
+    script = Path(app.env.docname).name + ".py"
+    box = nodes.admonition(classes=["ws-run-it", "tip"])
+    box += nodes.title(text="Run this example on your own machine")
+    intro = nodes.paragraph()
+    if wheel:
+        intro += nodes.Text(
+            "Download the Python script (or the notebook) and the weightshare wheel "
+            "below into an empty folder. weightshare is not on PyPI; the wheel is "
+            "built from the same source as this page. Then, in that folder, run:"
+        )
+    else:
+        intro += nodes.Text("Download the Python script below, and in its folder run:")
+    box += intro
+    commands = run_commands(app.config.weightshare_run_requirements, wheel, script)
+    box += nodes.literal_block(
+        commands, commands, language="bash", classes=["ws-run-commands"]
+    )
+    box += nodes.paragraph(
+        text="A notebook installs the same packages in its first cell: open it in "
+        "Jupyter from that folder and run all cells. Drawing autograd graphs also "
+        "needs Graphviz's dot program (the system package graphviz). The versions "
+        "are the ones this page was built and tested with."
+    )
+    footer.parent.insert(footer.parent.index(footer), box)
+    # sphinx-gallery's note at the top says "Go to the end to download the full
+    # example code."; the end now also says how to run it.
+    for note in doctree.findall(nodes.Element):
+        if "sphx-glr-download-link-note" in note.get("classes", []):
+            for text in note.findall(nodes.Text):
+                if str(text).rstrip().endswith("example code."):
+                    replaced = str(text).rstrip()[:-1] + " and to see how to run it."
+                    text.parent.replace(text, nodes.Text(replaced))
+    if wheel:
+        button = nodes.container(classes=["sphx-glr-download", "ws-download-wheel"])
+        line = nodes.paragraph()
+        line += addnodes.download_reference(
+            "",
+            "",
+            nodes.literal(
+                "",
+                f"Download the weightshare wheel: {wheel}",
+                classes=["xref", "download"],
+            ),
+            reftarget=f"/_wheel/{wheel}",
+            refdoc=app.env.docname,
+            refdomain="",
+            reftype="download",
+            refexplicit=True,
+            refwarn=False,
+        )
+        button += line
+        footer += button
+
+
+_ROLE = re.compile(
+    r":(?:py:)?(func|class|meth|attr|mod|data|obj|exc|term|doc):`([^`]+)`"
+)
+
+
+def _role_as_markdown(match: re.Match[str]) -> str:
+    role, text = match.groups()
+    explicit = re.fullmatch(r"(.*?)\s*<[^<>]+>", text, re.DOTALL)
+    if explicit:
+        text = explicit.group(1)
+    elif text.startswith("~"):
+        text = text[1:].rsplit(".", 1)[-1]
+    return text if role in {"term", "doc"} else f"`{text}`"
+
+
+def notebook_markdown(text: str) -> str:
+    """Sphinx roles in notebook Markdown, as a reader of the notebook should see them.
+
+    sphinx-gallery writes the prose of an example into the notebook as it is, so
+    ``:class:`~torch.nn.Parameter``` would show literally; it becomes ```Parameter```
+    (code), and ``:term:`tie``` becomes ``tie``.
+
+    >>> from gallery_downloads import notebook_markdown
+    >>> notebook_markdown("one :class:`~torch.nn.Parameter`, :func:`weightshare.tie`")
+    'one `Parameter`, `weightshare.tie`'
+    >>> notebook_markdown(":class:`nn.Linear <torch.nn.Linear>` and a :term:`tie`")
+    '`nn.Linear` and a tie'
+    """
+    return _ROLE.sub(_role_as_markdown, text)
+
+
+def _clean_notebook(raw: str) -> str:
+    import json
+
+    notebook = json.loads(raw)
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "markdown":
+            source = cell["source"]
+            text = "".join(source) if isinstance(source, list) else source
+            cell["source"] = notebook_markdown(text)
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+def clean_notebooks(app: Any) -> None:
+    """``builder-inited``, after sphinx-gallery: Markdown roles in the notebooks.
+
+    Rewrites the gallery's ``.ipynb`` files with :func:`notebook_markdown`, and the
+    copies inside sphinx-gallery's zip files, before Sphinx copies them to the site.
+    """
+    import zipfile
+
+    conf = getattr(app.config, "sphinx_gallery_conf", {}) or {}
+    dirs = conf.get("gallery_dirs", [])
+    for gallery in [dirs] if isinstance(dirs, str) else dirs:
+        root = Path(app.srcdir) / gallery
+        for notebook in root.rglob("*.ipynb"):
+            raw = notebook.read_text(encoding="utf-8")
+            if notebook_markdown(raw) != raw:
+                notebook.write_text(_clean_notebook(raw), encoding="utf-8")
+        for archive in root.rglob("*.zip"):
+            with zipfile.ZipFile(archive) as old:
+                members = [(info, old.read(info)) for info in old.infolist()]
+            changed = [
+                (info, _clean_notebook(data.decode()).encode())
+                if info.filename.endswith(".ipynb")
+                and notebook_markdown(data.decode()) != data.decode()
+                else (info, data)
+                for info, data in members
+            ]
+            if changed != members:
+                with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as new:
+                    for info, data in changed:
+                        new.writestr(info, data)
+
+
+def check_config(app: Any, config: Any) -> None:
+    """``config-inited``: the requirements are exact pins, the project has a build file.
+
+    Raises
+    ------
+    sphinx.errors.ConfigError
+        If an entry of ``weightshare_run_requirements`` is not ``name==version``, or
+        ``weightshare_wheel_project`` is set but has no ``pyproject.toml``.
+    """
+    requirements = config.weightshare_run_requirements
+    if not isinstance(requirements, (list, tuple)):
+        raise ConfigError(
+            "weightshare_run_requirements must be a list of 'name==version' strings, "
+            f"got {type(requirements).__name__}."
+        )
+    for entry in requirements:
+        if not isinstance(entry, str) or not _PIN.fullmatch(entry):
+            raise ConfigError(
+                f"weightshare_run_requirements: {entry!r} is not an exact pin "
+                "'name==version'; the run box must name the versions the page was "
+                "built with."
+            )
+    project = config.weightshare_wheel_project
+    if project and not (Path(project) / "pyproject.toml").is_file():
+        raise ConfigError(
+            f"weightshare_wheel_project is {project!r}, which has no pyproject.toml: "
+            "name the directory of the project whose wheel the pages offer, or '' "
+            "to offer none."
+        )
+
+
+def setup(app: Any) -> dict[str, Any]:
+    """Sphinx entry point: the wheel, the run box and the notebooks' Markdown."""
+    app.add_config_value("weightshare_run_requirements", [], "env", list)
+    app.add_config_value("weightshare_wheel_project", "", "env", str)
+    app.connect("config-inited", check_config)
+    app.connect("builder-inited", _offer_wheel)
+    # After sphinx-gallery (priority 500) has written the notebooks and zip files.
+    app.connect("builder-inited", clean_notebooks, priority=600)
+    # Before Sphinx's own doctree-read handlers (priority 500), which collect the
+    # download links this adds.
+    app.connect("doctree-read", add_run_instructions, priority=400)
+    return {
+        "version": __version__,
+        "parallel_read_safe": True,
+        "parallel_write_safe": True,
+    }
