@@ -2,22 +2,32 @@
 
 The model is :class:`weightshare.models.GPT`, whose token embedding ``wte`` is tied to
 the output projection ``lm_head``; its twin is the same model built with
-``tie_embeddings=False``. Each step is the one of the gallery page "The training step
-on a GPU": bf16 autocast where the device has it, fused AdamW, gradient clipping,
-``zero_grad(set_to_none=True)``, and optionally ``torch.compile``.
+``tie_embeddings=False``. The step (``make_step``) is the step of the gallery page "A
+GPU training step with tied weights": the same AdamW (fused, lr 3e-4), bf16 autocast
+where the device has fast bf16, clipping at norm 1 over ``model.parameters()``,
+``zero_grad(set_to_none=True)``, and ``torch.compile`` in the compiled mode. It differs
+in two ways, both for timing: it does not return the gradient norm (the page
+inspects it; a timed step should not wait for it), and the GPU batch is 16 sequences
+instead of the page's 8, to keep a large GPU busy.
 
 For each mode (eager, and compiled when asked) it measures, in one run:
 
 * step time (median over interleaved rounds: tied, untied, untied, tied, ...) and
   tokens per second; the ratio tied / untied is the median of the rounds' ratios;
-* memory: ``torch.cuda.max_memory_allocated`` on CUDA, and everywhere the bytes of
-  the training state (parameters, gradients and AdamW state, each storage once);
+* memory *between steps*, after the warm-up steps, when the weights, the gradients
+  and AdamW's two moments all exist: what the device's allocator holds on CUDA
+  (``torch.cuda.memory_allocated``) and MPS, and on a CPU the bytes of every tensor
+  storage alive in the process (found through the garbage collector, each storage
+  once), each minus the same reading taken before the model was built. This is the
+  quantity the tie should shrink by 16·V·d bytes (fp32 weight, gradient and the two
+  AdamW moments of a V×d matrix); the count of the training state
+  (:func:`weightshare.training_state_bytes`) is recorded beside it;
+* the peak during the warm-up steps, on CUDA only (``max_memory_allocated``): it is
+  dominated by activations and the logits, and no goal is set for it;
 * model FLOPs utilisation (MFU) by the PaLM formula, 6·N + 12·L·H·Q·T FLOPs per
   token, against the device's bf16 dense peak; not reported for unknown devices.
 
-It compares the memory the tie saves with 16·V·d bytes (fp32 weight, gradient and
-the two AdamW moments of a V×d matrix), prints a table and writes a JSON result
-(format: benchmarks/results/README.md).
+It prints a table and writes a JSON result (format: benchmarks/results/README.md).
 
 Shapes: GPT-2 small (V=50257, d=768, 12 layers, 12 heads, context 1024) on a GPU, a
 small model on CPU, and a tiny one with --tiny (a smoke test: its times mean nothing).
@@ -28,6 +38,7 @@ Usage: python benchmarks/train_step.py [--tiny] [--compile {auto,on,off}] [--out
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -47,7 +58,7 @@ import weightshare
 from weightshare.models import GPT, GPTConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCHEMA = 1
+SCHEMA = 2
 
 # bf16 dense (no sparsity) peak of the spec sheets, in TFLOP/s. The first name found
 # in the device's name wins, so the more specific names come first.
@@ -85,7 +96,7 @@ SHAPES = {
     "tiny": Shape(
         GPTConfig(vocab_size=256, context=16, n_layer=1, n_head=2, d_model=32),
         batch=2,
-        warmup=1,
+        warmup=2,
         rounds=2,
         steps=1,
     ),
@@ -151,6 +162,35 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor storage alive in this process, each storage once.
+
+    A census through the garbage collector: it sees what exists, whatever created
+    it, so it is a measurement, not a count of what the optimizer should hold.
+    """
+    storages: dict[tuple[str, int], int] = {}
+    for obj in gc.get_objects():
+        try:
+            if not torch.is_tensor(obj) or obj.device.type == "meta":
+                continue
+            storage = obj.untyped_storage()
+        except (ReferenceError, RuntimeError):  # weak proxies, sparse tensors
+            continue
+        storages[(obj.device.type, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def allocated(device: torch.device) -> int:
+    """The memory the device holds now (between steps): see the module docstring."""
+    synchronize(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        return int(torch.mps.current_allocated_memory())
+    gc.collect()
+    return live_tensor_bytes()
+
+
 def matmul_parameters(model: GPT) -> int:
     """N of the PaLM formula: parameters that take part in matrix multiplies.
 
@@ -176,7 +216,7 @@ def make_step(
     model: GPT, device: torch.device, compiled: bool
 ) -> tuple[torch.optim.AdamW, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """The optimizer (created after the move) and one training step of ``model``."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)  # the page's
     forward = torch.compile(model) if compiled else model
     bf16 = bf16_autocast(device)
 
@@ -205,27 +245,27 @@ def run_mode(
     steps: dict[bool, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
     rows: dict[bool, dict[str, Any]] = {}
     for tied in (True, False):
-        # Memory: each model is built and warmed up alone, from a fresh peak.
-        synchronize(device)
+        # Memory: each model is built and warmed up alone (the other one does not
+        # exist yet, or is already measured and counted in the base).
+        base = allocated(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
         torch.manual_seed(0)
         model = GPT(replace(shape.model, tie_embeddings=tied)).to(device)
         optimizer, step = make_step(model, device, compiled)
-        for _ in range(shape.warmup):
+        for _ in range(shape.warmup):  # >= 2: AdamW's moments exist after the first
             step(idx, targets)
-        synchronize(device)
-        state = weightshare.training_state_bytes(model, optimizer)
+        memory = allocated(device) - base
+        peak_memory = None
         if device.type == "cuda":
-            memory = torch.cuda.max_memory_allocated(device) - base
-        else:
-            memory = state
+            peak_memory = torch.cuda.max_memory_allocated(device) - base
+        state = weightshare.training_state_bytes(model, optimizer)
         models[tied], steps[tied] = model, step
         rows[tied] = {
             "tied": tied,
             "compiled": compiled,
             "memory_bytes": memory,
+            "peak_bytes": peak_memory,
             "state_bytes": state,
             "parameters": weightshare.count_parameters(model).unique,
             "matmul_parameters": matmul_parameters(model),
@@ -357,11 +397,10 @@ def benchmark(
         "steps_per_round": shape.steps,
         "autocast": "bfloat16" if bf16_autocast(device) else "off",
         "optimizer": "AdamW(fused=True)",
-        "memory_method": (
-            "cuda.max_memory_allocated"
-            if device.type == "cuda"
-            else "training-state tensors (parameters, gradients, AdamW state)"
-        ),
+        "memory_method": {
+            "cuda": "cuda.memory_allocated between steps",
+            "mps": "mps.current_allocated_memory between steps",
+        }.get(device.type, "live tensor storages between steps (gc census)"),
     }
     result: dict[str, Any] = {
         "benchmark": "train_step",

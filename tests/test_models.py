@@ -67,3 +67,13 @@ def test_init_gives_the_tied_weight_one_draw_with_gpt2_scale() -> None:
 def test_heads_must_divide_the_width() -> None:
     with pytest.raises(ValueError, match="d_model=10 must be divisible by n_head=3"):
         GPT(GPTConfig(vocab_size=5, context=4, n_layer=1, n_head=3, d_model=10))
+
+
+def test_residual_projections_get_gpt2s_depth_scaled_init() -> None:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=64, context=8, n_layer=2, n_head=2, d_model=64)
+    block = GPT(config).blocks[0]
+    residual = 0.02 / (2 * config.n_layer) ** 0.5
+    assert block.mlp.c_proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert block.attn.proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert block.mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)

@@ -53,6 +53,20 @@ class CausalSelfAttention(nn.Module):
         return out
 
 
+class MLP(nn.Module):
+    """The 4x-wide feed-forward layer, named as GPT-2 names it (``c_fc``, ``c_proj``)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.d_model, 4 * config.d_model)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.d_model, config.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.c_proj(self.gelu(self.c_fc(x)))
+        return out
+
+
 class Block(nn.Module):
     """Pre-norm Transformer block: attention, then a 4x-wide MLP, each residual."""
 
@@ -61,11 +75,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.d_model, 4 * config.d_model),
-            nn.GELU(approximate="tanh"),
-            nn.Linear(4 * config.d_model, config.d_model),
-        )
+        self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -102,20 +112,23 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """GPT-2's initialisation, applied once to each parameter (tied ones too)."""
-        # Residual projections are scaled down by depth, as in GPT-2.
+        """GPT-2's initialisation, applied once to each parameter (tied ones too).
+
+        ``named_parameters()`` yields a tied parameter once, under its first name,
+        so the shared matrix is drawn once, as ``wte.weight``: N(0, 0.02²).
+        """
+        # The projections back into the residual stream (attn.proj, mlp.c_proj) are
+        # scaled down by depth, as in GPT-2.
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
-        seen: set[int] = set()
         for name, param in self.named_parameters():  # each object once
-            if id(param) in seen or param.device.type == "meta":
+            if param.device.type == "meta":
                 continue
-            seen.add(id(param))
             if name.endswith("bias"):
                 param.zero_()
             elif name.startswith("ln") or ".ln_" in name:
                 param.fill_(1.0)
             else:
-                is_residual = name.endswith(("proj.weight", "mlp.2.weight"))
+                is_residual = name.endswith(("attn.proj.weight", "mlp.c_proj.weight"))
                 param.normal_(0.0, residual_std if is_residual else 0.02)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
