@@ -11,7 +11,7 @@ SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHIN
 EXAMPLE  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help html html-noplot html-rerun html-one doctest linkcheck test clean dot browser venv
+.PHONY: help html html-noplot html-rerun html-one doctest linkcheck check test clean dot browser venv
 
 help:  ## list the targets (this text)
 	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
@@ -73,6 +73,10 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	@echo "External links (listed, not fetched; WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches):"
 	@$(PY) -c "import json; [print('  ' + r['uri']) for r in map(json.loads, \
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
+
+check: $(STAMP)  ## the library's own tests only: seconds, no Sphinx, browser or download
+	$(PY) -m pytest -q -p no:cacheprovider $(wildcard tests/test_lib_*.py) \
+	  tests/test_models.py tests/test_package.py
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12

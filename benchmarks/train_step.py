@@ -16,8 +16,8 @@ For each mode (eager, and compiled when asked) it measures, in one run:
   tokens per second; the ratio tied / untied is the median of the rounds' ratios;
 * memory *between steps*, after the warm-up steps, when the weights, the gradients
   and AdamW's two moments all exist: what the device's allocator holds on CUDA
-  (``torch.cuda.memory_allocated``) and MPS, and on a CPU the bytes of every tensor
-  storage alive in the process (found through the garbage collector, each storage
+  (``torch.cuda.memory_allocated``) and MPS, and on a CPU the bytes of every storage
+  held by a Python tensor object (found through the garbage collector, each storage
   once), each minus the same reading taken before the model was built. This is the
   quantity the tie should shrink by 16·V·d bytes (fp32 weight, gradient and the two
   AdamW moments of a V×d matrix); the count of the training state
@@ -163,15 +163,18 @@ def synchronize(device: torch.device) -> None:
 
 
 def live_tensor_bytes() -> int:
-    """Bytes of every tensor storage alive in this process, each storage once.
+    """Bytes of every storage held by a Python tensor object, each storage once.
 
     A census through the garbage collector: it sees what exists, whatever created
     it, so it is a measurement, not a count of what the optimizer should hold.
     """
     storages: dict[tuple[str, int], int] = {}
     for obj in gc.get_objects():
+        # type(), not isinstance(): some module proxies warn when asked their class.
+        if not issubclass(type(obj), torch.Tensor):
+            continue
         try:
-            if not torch.is_tensor(obj) or obj.device.type == "meta":
+            if obj.device.type == "meta":
                 continue
             storage = obj.untyped_storage()
         except (ReferenceError, RuntimeError):  # weak proxies, sparse tensors

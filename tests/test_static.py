@@ -22,13 +22,13 @@ def test_mypy_strict_on_the_package() -> None:
 
 
 def test_ruff_lint() -> None:
-    paths = ("src", "tests", "examples", "benchmarks", "conf.py")
+    paths = ("src", "tests", "examples", "benchmarks", "docs/_ext", "conf.py")
     result = _run(str(BIN / "ruff"), "check", *paths)
     assert result.returncode == 0, result.stdout[-4000:]
 
 
 def test_ruff_format() -> None:
-    paths = ("src", "tests", "examples", "benchmarks", "conf.py")
+    paths = ("src", "tests", "examples", "benchmarks", "docs/_ext", "conf.py")
     result = _run(str(BIN / "ruff"), "format", "--check", *paths)
     assert result.returncode == 0, result.stdout[-4000:]
 

@@ -24,8 +24,9 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-torch.manual_seed(0)
-gen = torch.Generator().manual_seed(0)  # draws the pairs and the jitter below
+SEED = 0  # the one seed of the page: weights, pairs, jitter
+torch.manual_seed(SEED)
+gen = torch.Generator().manual_seed(SEED)  # draws the pairs and the jitter below
 digits = load_digits()
 pixels = digits.data.astype(np.float32) / 16  # grey levels 0..16 scaled to 0..1
 split = train_test_split(
@@ -49,7 +50,6 @@ def sample_pairs(labels, n, gen):
 
 i, j, Y = sample_pairs(y_train, 256, gen)
 a, b = X_train[i], X_train[j]
-print(f"{len(X_train) = }, {len(X_test) = }, {Y.mean().item() = }")
 
 # %%
 # >>> len(X_train), len(X_test), Y.mean().item()
@@ -136,7 +136,6 @@ ta, tb = towers(a, b)
 contrastive_loss(za, zb, Y).mean().backward()
 contrastive_loss(ta, tb, Y).mean().backward()
 twins = list(zip(shared.parameters(), towers.parameters(), strict=True))
-print(f"{len(twins) = }, {weightshare.shared_groups(towers)[0] = }")
 
 # %%
 # Both models have ten parameters to train. They give the same embeddings and,
@@ -166,9 +165,6 @@ def pair_loss():
 
 parts = weightshare.grad_contributions(shared, weight, pair_loss)
 branch_a, branch_b = parts.values()
-print(f"{list(parts) = }")
-print(f"{branch_a.norm() = :.4f}, {branch_b.norm() = :.4f}")
-print(f"{(branch_a + branch_b).norm() = :.4f}, {weight.grad.norm() = :.4f}")
 every_parameter = []
 for p in shared.parameters():
     total = sum(weightshare.grad_contributions(shared, p, pair_loss).values())
@@ -198,12 +194,15 @@ for model in (shared, towers):
 # ------------------
 # A reused module shares its buffers too, and BatchNorm has some: running estimates
 # of each feature's mean and variance, updated by every call in training mode and
-# used in eval mode. Called once per branch, the encoder normalises each branch by
-# its own half batch and updates the estimates twice per step. With PyTorch's
-# default momentum of 0.1 and a running mean starting at 0, one step leaves
-# 0.09·mean(a) + 0.1·mean(b): the second branch weighs more, and each step counts
-# as two batches. Called once on ``torch.cat([a, b])``, with the output split in
-# two, it updates them once from the whole batch: 0.1·(mean(a) + mean(b))/2.
+# used in eval mode. In training mode BatchNorm normalises each call by *its own*
+# batch. A shared encoder meets three consequences of that.
+#
+# **Two updates per step.** Called once per branch, the encoder updates the
+# estimates twice per step. With PyTorch's default momentum of 0.1 and a running
+# mean starting at 0, one step leaves 0.09·mean(a) + 0.1·mean(b): the second branch
+# weighs more, and each step counts as two batches. Called once on
+# ``torch.cat([a, b])``, with the output split in two, the encoder updates them once
+# from the whole batch: 0.1·(mean(a) + mean(b))/2.
 class SiameseOneCall(Siamese):
     def forward(self, a, b):
         return self.encoder(torch.cat([a, b])).split([len(a), len(b)])
@@ -214,8 +213,6 @@ once = SiameseOneCall(copy.deepcopy(twice.encoder))
 twice(a, b), once(a, b)
 mean_a, mean_b = (twice.encoder.fc1(x).mean(0) for x in (a, b))
 bn_twice, bn_once = twice.encoder.bn1, once.encoder.bn1
-print(f"twice: {bn_twice.num_batches_tracked = }, {bn_twice.running_mean[:3] = }")
-print(f"once:  {bn_once.num_batches_tracked = }, {bn_once.running_mean[:3] = }")
 
 # %%
 # >>> bn_twice.num_batches_tracked.item(), bn_once.num_batches_tracked.item()
@@ -225,11 +222,67 @@ print(f"once:  {bn_once.num_batches_tracked = }, {bn_once.running_mean[:3] = }")
 # >>> torch.allclose(bn_once.running_mean, 0.05 * (mean_a + mean_b))
 # True
 #
-# Tied towers go wrong the other way: a tie covers parameters, not buffers, so
-# each tower keeps its own statistics, each from one branch only:
+# **Training and evaluation disagree when the branches differ.** Often the two
+# inputs of a pair come from different sources: a photo and a sketch, a query and a
+# document. Here branch ``b`` sees the same digits, brightened
+# (``0.5 + 0.5·pixels``). Called per branch in training mode, the encoder
+# normalises each branch by its own statistics, so training never sees the
+# difference; the running estimates, which evaluation uses, average the two
+# branches, and fit neither. After 50 training-mode passes, the embeddings of the
+# bright branch in evaluation mode are nothing like the ones training produced,
+# while for two branches from one source the two modes differ far less:
+brighter = 0.5 + 0.5 * b
+
+
+def train_eval_change(encoder, second):
+    """Mean relative distance between train-mode and eval-mode embeddings of
+    ``second``, after 50 train-mode passes over ``a`` and ``second`` apart."""
+    with torch.no_grad():
+        for _ in range(50):
+            encoder(a), encoder(second)
+        in_training = encoder(second)
+        encoder.eval()
+        in_evaluation = encoder(second)
+        encoder.train()
+    gap = (in_training - in_evaluation).norm(dim=1) / in_training.norm(dim=1)
+    return gap.mean().item()
+
+
+two_sources = train_eval_change(make_encoder(), brighter)
+one_source = train_eval_change(make_encoder(), b)
+
+# %%
+# >>> two_sources > 0.5, two_sources > 3 * one_source
+# (True, True)
+#
+# Tied towers go wrong the same way: a tie covers parameters, not buffers, so each
+# tower keeps its own statistics, each from one branch only:
 #
 # >>> towers.tower_a.bn1.running_mean is towers.tower_b.bn1.running_mean
 # False
+#
+# **One call couples the branches.** Calling the encoder once on
+# ``torch.cat([a, b])`` fixes the update count and pools the statistics as
+# evaluation will, but in training mode every embedding then depends on the *other*
+# branch's images: the same ``a``, paired with other ``b`` images, gets other
+# embeddings. In evaluation mode it does not.
+with torch.no_grad():
+    za_with_b, _ = once(a, b)
+    za_with_brighter, _ = once(a, brighter)
+    once.eval()
+    za_eval_b, _ = once(a, b)
+    za_eval_brighter, _ = once(a, brighter)
+    once.train()
+
+# %%
+# >>> torch.equal(za_with_b, za_with_brighter), torch.equal(za_eval_b, za_eval_brighter)
+# (False, True)
+#
+# So there is no call pattern that makes BatchNorm harmless in a Siamese encoder;
+# the one call on ``cat([a, b])`` is right when both branches draw from one source,
+# as the digit pairs below do. When they do not, normalise per sample instead
+# (:class:`~torch.nn.LayerNorm` or :class:`~torch.nn.GroupNorm`), which has no
+# batch statistics to share.
 #
 # Training
 # --------
@@ -378,8 +431,6 @@ plt.show()
 count_model = weightshare.count_parameters(model)
 count_towers = weightshare.count_parameters(towers)
 weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-print(f"{count_model.unique = }, {weight_bytes = }")
-print(f"{count_towers.unique = }, {count_towers.with_duplicates = }")
 
 # %%
 # >>> count_towers.unique == count_model.unique, count_towers.saved_by_sharing

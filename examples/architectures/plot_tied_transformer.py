@@ -23,7 +23,8 @@ by side on a small task until both reverse held-out sequences almost perfectly.
 # that also occurs among the training sequences is dropped.
 import torch
 
-torch.manual_seed(0)
+SEED = 0  # the models' initialisation (the data below has its own, fixed seed)
+torch.manual_seed(SEED)
 VOCAB, LENGTH, BOS = 16, 8, 0
 STEPS, BATCH = 300, 128
 gen = torch.Generator().manual_seed(0)
@@ -40,7 +41,6 @@ def decoder_input(target):
 
 example = train_src[0, :1]
 print(f"{example = }\n{example.flip(1) = }\n{decoder_input(example.flip(1)) = }")
-print(f"{len(seen) = }, {len(test_src) = }")
 
 # %%
 # There are 15⁸, about 2.6 billion, possible sources, yet one of the 1000 test draws
@@ -108,7 +108,7 @@ class Seq2SeqTransformer(nn.Module):
 
 
 def build(tie):
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     return Seq2SeqTransformer(VOCAB, D_MODEL, HEADS, LAYERS, D_FF, tie=tie)
 
 
@@ -118,8 +118,6 @@ tied = build(tie=True)
 shared = tied.generator.weight
 uses = [tied.encoder_embedding, tied.decoder_embedding, tied.generator]
 address = shared.data_ptr()
-print(f"{[layer.weight is shared for layer in uses] = }")
-print(f"{weightshare.shared_groups(tied) = }")
 
 # %%
 # The three names are one object at one address, and
@@ -254,11 +252,6 @@ with torch.device("meta"):
     gpt2_untied = GPT(GPTConfig(tie_embeddings=False))
 gpt2_count = weightshare.count_parameters(gpt2)
 gpt2_untied_count = weightshare.count_parameters(gpt2_untied)
-print(f"{weightshare.shared_groups(gpt2) = }")
-print(
-    f"tied {gpt2_count.unique:,}, untied {gpt2_untied_count.unique:,}, naive "
-    f"state_dict() count of the tied model {gpt2_count.state_dict:,}"
-)
 
 # %%
 # >>> weightshare.shared_groups(gpt2)
@@ -370,28 +363,31 @@ print(f"{first_below = }")
 # What the papers measured, and what this run shows
 # -------------------------------------------------
 # Press & Wolf (2017, "Using the Output Embedding to Improve Language Models",
-# arXiv:1608.05859) tied the input embedding and the output layer of LSTM language
-# models on the Penn Treebank: test perplexity fell from 78.4 to 74.3 for the large
-# model, which shrank from 66M to 51M parameters, and from 114.5 to 112.4 for the
-# small one. Inan, Khosravi & Socher (2017, "Tying Word Vectors and Word Classifiers:
-# A Loss Framework for Language Modeling", arXiv:1611.01462), with tying and their
-# augmented loss, went from 77.7 to 73.9 (medium model) and from 72.6 to 69.0
-# (large). Vaswani et al.'s base Transformer has about 65M parameters and a shared
+# arXiv:1608.05859) recommend tying the input embedding and the output layer of
+# language models, and report lower Penn Treebank perplexity with the tie for the
+# LSTM language models they tried. Inan, Khosravi & Socher (2017, "Tying Word Vectors
+# and Word Classifiers: A Loss Framework for Language Modeling", arXiv:1611.01462)
+# derive the tie from a loss framework; the abstract of their arXiv version reports a
+# word-level Penn Treebank test perplexity of 68.5 for their LSTM model, which was
+# trained with the tie *and* their augmented loss, so that figure does not isolate
+# the tie. Vaswani et al.'s base Transformer has about 65M parameters and a shared
 # vocabulary of about 37 000 subword tokens at d_model = 512. One such matrix is a
 # large share of the model, and untying all three uses would add two of them:
 vaswani_matrix = 37_000 * 512
-print(f"{vaswani_matrix = :,}; untied: +{2 * vaswani_matrix / 65e6:.0%} parameters")
 
 # %%
 # >>> round(vaswani_matrix / 1e6, 1), round(2 * vaswani_matrix / 65e6, 2)
 # (18.9, 0.58)
 #
-# This small run shows less. Both models learn the task; with 16 tokens the tie saves
-# only 2·V·d parameters, and here the untied model even gets there in fewer steps:
+# This small run shows less. Both models learn the task, each well before its last
+# step (the printed step at which each first went below a loss of 0.05), and with 16
+# tokens the tie saves only 2·V·d parameters. Which model gets there first changes
+# with the initialisation's seed; the project's tests check that both get there at
+# several seeds.
 #
 # >>> count_untied.unique - count_tied.unique
 # 1024
-# >>> first_below["untied"] < first_below["tied"]
+# >>> max(first_below.values()) < STEPS // 2
 # True
 #
 # The published gains come from large vocabularies full of rare words, whose input
@@ -421,7 +417,6 @@ def adam_entries(optimizer):
 
 
 saved = adam_entries(untied_optimizer) - adam_entries(tied_optimizer)
-print(f"{saved = } fewer Adam moment entries")
 
 # %%
 # >>> saved == 2 * (2 * V * d)
@@ -440,8 +435,6 @@ optimizer = torch.optim.Adam(broken.parameters(), lr=5e-3)
 loss_on(broken, train_src[0]).backward()
 optimizer.step()
 drift = (broken.generator.weight - broken.encoder_embedding.weight).abs().max()
-print(f"{weightshare.shared_groups(broken) = }")
-print(f"{equal_before = }, {drift.item() = :.4f}")
 
 # %%
 # >>> broken.generator.weight is broken.encoder_embedding.weight

@@ -44,9 +44,6 @@ class TwoLayers(nn.Module):
 
 
 model = TwoLayers()
-print(f"{model.fc1.weight is model.fc2.weight = }")
-print(f"{model.fc1.weight.data_ptr() == model.fc2.weight.data_ptr() = }")
-print(f"{weightshare.shared_groups(model) = }")
 
 # %%
 # Both names are one object at one address, and :func:`weightshare.shared_groups` finds
@@ -64,20 +61,17 @@ print(f"{weightshare.shared_groups(model) = }")
 #
 # >>> [name for name, _ in model.named_parameters()]
 # ['fc1.weight', 'fc1.bias', 'fc2.bias']
-
-# %%
+#
 # The forward pass
 # ----------------
 # With input 1 the first layer gives 2·1 + 2 = 4 and the second 2·4 + 4 = 12.
 x = torch.tensor([1.0])
 out = model(x)
-print(f"{out.item() = }")
 
 # %%
 # >>> out.item()
 # 12.0
-
-# %%
+#
 # One node in the autograd graph
 # ------------------------------
 # `torchviz <https://github.com/szagoruyko/pytorchviz>`_ draws the backward graph of
@@ -92,8 +86,6 @@ params["fc2.bias"] = model.fc2.bias
 graph = make_dot(out, params=params)
 graph  # a cell that ends in a graph shows it, as in a notebook
 
-# sphinx_gallery_thumbnail_number = 1
-
 # %%
 # Counted in the drawing's source: one node carries the weight's label, and the one
 # ``AccumulateGrad`` node below it has two outgoing edges, one per use.
@@ -101,13 +93,11 @@ edges = [line.split()[:3] for line in graph.body if " -> " in line]
 weight_nodes = [line.split()[0] for line in graph.body if shared_label in line]
 accumulate = [dst for src, _, dst in edges if src in weight_nodes]
 uses_in_graph = [dst for src, _, dst in edges if src in accumulate]
-print(f"{len(weight_nodes) = }, {len(accumulate) = }, {len(uses_in_graph) = }")
 
 # %%
 # >>> len(weight_nodes), len(accumulate), len(uses_in_graph)
 # (1, 1, 2)
-
-# %%
+#
 # The gradient is the sum of the two uses
 # ---------------------------------------
 # By the chain rule, the derivative of ``out = w·(w·x + 2) + 4`` with respect to ``w``
@@ -118,10 +108,24 @@ print(f"{len(weight_nodes) = }, {len(accumulate) = }, {len(uses_in_graph) = }")
 contributions = weightshare.grad_contributions(
     model, model.fc1.weight, lambda: model(x).sum()
 )
-print({use: grad.item() for use, grad in contributions.items()})
-
 out.backward()
-print(f"{model.fc1.weight.grad.item() = }")
+
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+ax.bar(["fc1's use", "fc2's use"], [g.item() for g in contributions.values()])
+ax.bar(["shared .grad"], [contributions["fc1"].item()], color="C0")
+ax.bar(
+    ["shared .grad"],
+    [contributions["fc2"].item()],
+    bottom=[contributions["fc1"].item()],
+    color="C1",
+)
+ax.set_ylabel("gradient")
+ax.set_title("one weight, two uses: 2 + 4 = 6")
+plt.show()
+
+# sphinx_gallery_thumbnail_number = 2
 
 # %%
 # >>> {use: grad.item() for use, grad in contributions.items()}
@@ -148,7 +152,6 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 weight_before = model.fc1.weight
 address_before = model.fc1.weight.data_ptr()
 optimizer.step()
-print(f"{model.fc1.weight.item() = :.4f}, {model.fc2.weight.item() = :.4f}")
 
 # %%
 # >>> model.fc1.weight is weight_before and model.fc2.weight is weight_before
@@ -159,8 +162,7 @@ print(f"{model.fc1.weight.item() = :.4f}, {model.fc2.weight.item() = :.4f}")
 # (1.4, 1.4)
 # >>> len(optimizer.param_groups[0]["params"])
 # 3
-
-# %%
+#
 # Contrast 1: independent layers with equal values
 # ------------------------------------------------
 # Two layers that merely *start* equal are two parameters. Each gets only its own
@@ -170,22 +172,22 @@ independent = TwoLayers()
 independent.fc2.weight = nn.Parameter(torch.tensor([[2.0]]))  # a second object
 independent(x).backward()
 torch.optim.SGD(independent.parameters(), lr=0.1).step()
-print(f"{independent.fc1.weight.item() = :.4f}")
-print(f"{independent.fc2.weight.item() = :.4f}")
+after_step = (independent.fc1.weight.item(), independent.fc2.weight.item())
 with torch.no_grad():
     independent.fc1.weight.fill_(-1.0)
-print(f"after fill_: {independent.fc2.weight.item() = :.4f}")
 
 # %%
+# The step moved ``fc1.weight`` by its gradient 2 to 1.8 and ``fc2.weight`` by its
+# gradient 4 to 1.6: the two drifted apart in one step. The ``fill_`` then changed
+# ``fc1.weight`` alone.
+#
 # >>> weightshare.shared_groups(independent)
 # []
+# >>> [round(w, 6) for w in after_step]
+# [1.8, 1.6]
 # >>> round(independent.fc1.weight.item(), 6), round(independent.fc2.weight.item(), 6)
 # (-1.0, 1.6)
 #
-# Before the ``fill_``, the step had moved ``fc1.weight`` by its gradient 2 to 1.8
-# and ``fc2.weight`` by its gradient 4 to 1.6: the two drifted apart in one step.
-
-# %%
 # Contrast 2: sharing weight *and* bias
 # -------------------------------------
 # Tie the biases as well and the layers are one function applied twice. Any in-place
@@ -195,21 +197,18 @@ both.fc2.bias = both.fc1.bias
 with torch.no_grad():
     both.fc1.bias.fill_(0.5)
     both.fc2.weight.mul_(3.0)
-print(f"{both.fc2.bias.item() = }, {both.fc1.weight.item() = }")
-print(f"{weightshare.shared_groups(both) = }")
 
 # %%
 # >>> both.fc2.bias.item(), both.fc1.weight.item()
 # (0.5, 6.0)
 # >>> weightshare.shared_groups(both)
 # [['fc1.weight', 'fc2.weight'], ['fc1.bias', 'fc2.bias']]
-
-# %%
+#
 # Contrast 3: one shared layer, two losses
 # ----------------------------------------
 # A model often reaches a shared weight through several losses, for example two
 # heads on one trunk. Each ``backward()`` adds into the one ``.grad``, so calling it
-# once on ``loss_a + loss_b`` or once on each loss gives the same gradient: the sum.
+# once on each loss or once on ``loss_a + loss_b`` gives the same gradient: the sum.
 two_losses = TwoLayers()
 loss_a = two_losses.fc1(x).sum()  # uses the weight once: gradient x = 1
 loss_b = two_losses(x).sum()  # uses it twice: gradient 6
@@ -217,13 +216,16 @@ loss_a.backward()
 grad_after_a = two_losses.fc1.weight.grad.item()
 loss_b.backward()
 grad_after_both = two_losses.fc1.weight.grad.item()
+
+one_backward = TwoLayers()
+(one_backward.fc1(x).sum() + one_backward(x).sum()).backward()
 torch.optim.SGD(two_losses.parameters(), lr=0.1).step()
-print(f"{grad_after_a = }, {grad_after_both = }")
-print(f"{two_losses.fc1.weight.item() = :.4f}, {two_losses.fc2.weight.item() = :.4f}")
 
 # %%
 # >>> grad_after_a, grad_after_both
 # (1.0, 7.0)
+# >>> one_backward.fc1.weight.grad.item() == grad_after_both
+# True
 # >>> two_losses.fc1.weight is two_losses.fc2.weight
 # True
 # >>> round(two_losses.fc2.weight.item(), 6)

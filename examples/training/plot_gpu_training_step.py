@@ -218,7 +218,7 @@ guard.check()  # raises BrokenTieError if the step broke the tie
 #
 # .. math::
 #
-#    \mathrm{loss} \approx \ln V + \frac{\sigma^2 d}{2} \pm \frac{\sigma\sqrt{d}}{\sqrt{N}}
+#    L \approx \ln V + \sigma^2 d / 2 \pm \sigma\sqrt{d} / \sqrt{N}
 #
 # which is ln V + 0.154 for GPT-2 small (d = 768) and ln V + 0.013 for this page's
 # CPU configuration (d = 64). The derivation treats h as independent of the matrix,

@@ -54,7 +54,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The 4x-wide feed-forward layer, named as GPT-2 names it (``c_fc``, ``c_proj``)."""
+    """The 4x-wide feed-forward layer, with GPT-2's names ``c_fc`` and ``c_proj``."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
