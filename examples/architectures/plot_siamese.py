@@ -7,7 +7,7 @@ the two embeddings by their distance. It is weight sharing in its purest form: t
 two branches are one set of weights, so the gradient of that set is the sum of what
 each branch contributes. This page builds the network two equivalent ways, trains it
 with the contrastive loss on handwritten digits, measures it on held-out digits, and
-avoids the trap that a shared encoder sets for BatchNorm.
+shows the traps that a shared encoder sets for BatchNorm.
 """
 
 # %%
@@ -289,10 +289,8 @@ with torch.no_grad():
 # The trained model calls its encoder once per step. It trains for 400 steps of 512
 # fresh pairs, with AdamW (weight decay 0.05) and a one-cycle learning rate
 # schedule. ``jitter`` rotates every image by up to ±0.1 radian and shifts it by up
-# to half a pixel, the two images of a pair independently. With only 898 training
-# images, this is what lets the encoder beat raw pixels on held-out digits: without
-# it, the encoder fits the training images too closely and falls behind raw pixels
-# (delete the two ``jitter`` calls to see it).
+# to half a pixel, the two images of a pair independently: with only 898 training
+# images, it keeps the encoder from fitting them too closely.
 import time
 
 import matplotlib.pyplot as plt
@@ -377,8 +375,15 @@ right.legend()
 plt.show()
 
 # %%
-# >>> accuracy > raw_accuracy, accuracy >= 0.99, round(raw_accuracy, 3)
-# (True, True, 0.988)
+# Raw pixels are a strong baseline on these digits: 1-NN on them gets 98.8% right.
+# The 16-dimensional embedding does as well, within 1% (9 of 899 digits), at this
+# page's seed and at the other seeds the project's tests try; it is not clearly
+# better, since how many more digits it gets right than raw pixels changes with the
+# seed. Its pairwise distances separate same-digit pairs from the rest with an AUC
+# above 0.999.
+#
+# >>> round(raw_accuracy, 3), abs(accuracy - raw_accuracy) < 0.01
+# (0.988, True)
 # >>> len(distance) == 899 * 898 // 2, auc >= 0.999
 # (True, True)
 #
@@ -403,7 +408,7 @@ plt.show()
 # %%
 # Ten held-out pairs, five of the same digit and five not, with their distances.
 # The verdict is "same" below half the margin; green marks a right verdict, red a
-# wrong one.
+# wrong one. Ten pairs illustrate; the AUC above is the measurement.
 i, j, Y = sample_pairs(y_test, 10, gen)
 d = F.pairwise_distance(emb_test[i], emb_test[j])
 verdict_same = d < 1.0
@@ -420,9 +425,6 @@ for ax in axes.flat:
 plt.show()
 
 # %%
-# >>> int(correct.sum())
-# 10
-#
 # One set of weights
 # ------------------
 # :func:`weightshare.count_parameters` counts parameters once per object and once

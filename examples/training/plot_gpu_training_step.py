@@ -214,7 +214,7 @@ guard.check()  # raises BrokenTieError if the step broke the tie
 # independent draws from N(0, σ²d), and for large V the log of their sum of
 # exponentials is ln V + ln E[exp(z)] = ln V + σ²d/2. The target's own logit
 # averages 0 over the batch, with a standard deviation of σ√d/√N for N predicted
-# tokens. So the loss at initialisation is
+# tokens. So the loss L at initialisation is
 #
 # .. math::
 #
