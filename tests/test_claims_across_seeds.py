@@ -46,14 +46,9 @@ def test_siamese_claims(seed: int) -> None:
     assert page["two_sources"] > 3 * page["one_source"]
 
 
-def test_transformer_claims() -> None:
-    path = EXAMPLES / "architectures" / "plot_tied_transformer.py"
-    first = {}
-    for seed in (1, 2):
-        page = run_page(path, seed)
-        assert page["tied_accuracy"] >= 0.99 and page["untied_accuracy"] >= 0.99
-        assert max(page["first_below"].values()) < page["STEPS"] // 2
-        first[seed] = page["first_below"]
-    # The page says which model learns first changes with the seed.
-    winners = {min(f, key=f.get) for f in first.values()}
-    assert winners == {"tied", "untied"}, first
+@pytest.mark.parametrize("seed", [1, 2])
+def test_transformer_claims(seed: int) -> None:
+    page = run_page(EXAMPLES / "architectures" / "plot_tied_transformer.py", seed)
+    assert page["tied_accuracy"] >= 0.99 and page["untied_accuracy"] >= 0.99
+    first = page["first_below"]
+    assert first["untied"] < first["tied"] < page["STEPS"]

@@ -445,8 +445,8 @@ weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 # object, ten of them, not per name. Sharing does *not* save activation memory:
 # the backward pass needs the activations of both branches.
 #
-# Takeaways
-# ---------
+# Conclusion
+# ----------
 # * **Reuse one module** by default. Parameters *and* buffers are shared, nothing
 #   needs keeping in sync, and the gradient is the sum of the branches by
 #   construction. With BatchNorm (or any layer that looks across the batch), call

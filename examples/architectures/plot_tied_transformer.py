@@ -379,15 +379,15 @@ vaswani_matrix = 37_000 * 512
 # >>> round(vaswani_matrix / 1e6, 1), round(2 * vaswani_matrix / 65e6, 2)
 # (18.9, 0.58)
 #
-# This small run shows less. Both models learn the task, each well before its last
-# step (the printed step at which each first went below a loss of 0.05), and with 16
-# tokens the tie saves only 2·V·d parameters. Which model gets there first changes
-# with the initialisation's seed; the project's tests check that both get there at
-# several seeds.
+# This small run shows less. Both models learn the task before their last step
+# (printed above: the step at which each first went below a loss of 0.05), and with
+# 16 tokens the tie saves only 2·V·d parameters. The untied model gets there in
+# fewer steps, here and at the other seeds the project's tests try: three free
+# matrices fit this toy task faster than one matrix that must serve three roles.
 #
 # >>> count_untied.unique - count_tied.unique
 # 1024
-# >>> max(first_below.values()) < STEPS // 2
+# >>> first_below["untied"] < first_below["tied"] < STEPS
 # True
 #
 # The published gains come from large vocabularies full of rare words, whose input
