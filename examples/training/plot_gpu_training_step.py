@@ -30,10 +30,11 @@ the tie costs in step time and saves in memory, measured, is on the
 #   on CUDA only.
 #
 # The site is built on machines without a GPU, so the build checks this page's claims
-# on the CPU path: fp32, eager. The project's test suite runs the same step, this
-# page's ``make_train_step``, under bf16 autocast and under :func:`torch.compile` on
-# the CPU (both work there, slowly) and checks the same claims, and it checks the
-# loss at initialisation for GPT-2 small, the configuration the CUDA path builds.
+# on the CPU path: fp32, and the step uncompiled (a section below compiles a model
+# on every path). The project's test suite runs the same step, this page's
+# ``make_train_step``, under bf16 autocast and under :func:`torch.compile` on the
+# CPU (both work there, slowly) and checks the same claims, and it checks the loss
+# at initialisation for GPT-2 small, the configuration the CUDA path builds.
 import torch
 
 torch.manual_seed(0)
@@ -201,6 +202,35 @@ guard.check()  # raises BrokenTieError if the step broke the tie
 # >>> sum(p is model.wte.weight for p in optimizer.state)
 # 1
 # >>> len(optimizer.state) == count.unique_tensors == count.names - 1
+# True
+
+# %%
+# Compiling keeps the tie
+# -----------------------
+# ``torch.compile(net)`` returns a wrapper that holds ``net`` itself, so it has the
+# same Parameter objects; the compiled graph reads each parameter as one input, and
+# the tied matrix is one input with two uses. On CUDA the step above ran compiled.
+# On the other paths a compiled step would cost more than this whole page (the
+# default backend, inductor, generates and builds C++ code for a CPU), so the page
+# compiles a fresh model with ``backend="aot_eager"``: the same graph capture and
+# the same tracing of forward and backward, without the code generation. The test
+# suite runs the default backend on the CPU and checks the same facts.
+fresh = GPT(config).to(device)
+compiled = torch.compile(fresh, backend="aot_eager")
+logits = compiled(idx)
+F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+eager_twin = GPT(config).to(device)
+eager_twin.load_state_dict(fresh.state_dict())
+F.cross_entropy(eager_twin(idx).flatten(0, 1), targets.flatten()).backward()
+
+# %%
+# >>> all(a is b for a, b in zip(compiled.parameters(), fresh.parameters()))
+# True
+# >>> compiled.lm_head.weight is compiled.wte.weight, weightshare.shared_groups(fresh)
+# (True, [['wte.weight', 'lm_head.weight']])
+# >>> fresh.wte.weight.grad is fresh.lm_head.weight.grad
+# True
+# >>> torch.allclose(fresh.wte.weight.grad, eager_twin.wte.weight.grad, atol=1e-6)
 # True
 
 # %%
