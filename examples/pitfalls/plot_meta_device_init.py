@@ -133,8 +133,8 @@ moved_tied = (reference.wte.weight - source.wte.weight).abs().max().item()
 # The call also leaves a mark on the state dict it was given: PyTorch stores the
 # ``assign`` flag in the dict's metadata, so a later *plain* ``load_state_dict`` from
 # the same dict assigns too, and unties a model that never asked for it
-# (`pytorch#188166 <https://github.com/pytorch/pytorch/issues/188166>`_, open for
-# the pinned 2.13):
+# (`pytorch#188166 <https://github.com/pytorch/pytorch/issues/188166>`_; still so
+# in the pinned torch 2.13):
 #
 # >>> from_disk._metadata[""]["assign_to_params_buffers"]
 # True

@@ -50,9 +50,9 @@ except RuntimeError as err:
 # the sharing on load; the safetensors format has no way to say "this name is that
 # tensor", so ``save_file`` refuses rather than write two copies that could later
 # disagree. Users have met this on fine-tuned GPT-2 and Llama models
-# (`safetensors#98 <https://github.com/huggingface/safetensors/issues/98>`_,
-# `#202 <https://github.com/huggingface/safetensors/issues/202>`_,
-# `#304 <https://github.com/huggingface/safetensors/issues/304>`_), and Hugging Face
+# (`safetensors#98 <https://github.com/safetensors/safetensors/issues/98>`_,
+# `#202 <https://github.com/safetensors/safetensors/issues/202>`_,
+# `#304 <https://github.com/safetensors/safetensors/issues/304>`_), and Hugging Face
 # changed ``save_pretrained`` to drop the duplicate keys
 # (`transformers#22437 <https://github.com/huggingface/transformers/pull/22437>`_).
 #
