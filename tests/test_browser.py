@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -243,6 +244,48 @@ def test_search_box_finds_the_page(
     results = _search(driver, site_url, query)
     assert results, f"no results for {query!r}"
     assert page in results[0], f"{query!r} gave first {results[0]!r} of {results}"
+
+
+def _error_messages() -> list[tuple[str, str]]:
+    """``(error text, page)`` for each row of the symptom index's error table.
+
+    The rows are read from docs/symptoms.md, so a row added there is tested too: its
+    first column is the error text, in backticks, and its last column links the page
+    with ``{doc}``.
+    """
+    text = (ROOT / "docs" / "symptoms.md").read_text()
+    table = text.split("## Error messages", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        error = re.match(r"\| `([^`]+)` \|", line)
+        page = re.search(r"\{doc\}`/([^`]+)` \|$", line)
+        if error and page:
+            rows.append((error.group(1), f"{page.group(1)}.html"))
+    return rows
+
+
+ERROR_MESSAGES = _error_messages()
+
+
+def test_the_symptom_index_has_error_messages() -> None:
+    assert len(ERROR_MESSAGES) >= 8, ERROR_MESSAGES
+
+
+@pytest.mark.parametrize(
+    ("error", "page"),
+    ERROR_MESSAGES,
+    ids=[re.sub(r"\W+", "-", error)[:40].strip("-") for error, _ in ERROR_MESSAGES],
+)
+def test_search_box_finds_the_page_of_an_error_message(
+    driver: Any, site_url: str, error: str, page: str
+) -> None:
+    """A reader pastes the error text: its page, or the index row linking it, is
+    among the first five results."""
+    _viewport(driver, DESKTOP)
+    results = _search(driver, site_url, error)
+    top = [link.split("?")[0].split("#")[0] for link in results[:5]]
+    wanted = (f"/{page}", "/symptoms.html")
+    assert any(link.endswith(wanted) for link in top), f"{error!r} gave {results[:5]}"
 
 
 def _contrast(light: float, dark: float) -> float:
