@@ -62,7 +62,8 @@ def test_to_empty_after_meta() -> None:
     message = broken_message(guard)
     assert message.startswith("1 of 1 recorded tie group(s) broken:\n")
     assert f"- {GROUP!r}: {DIFFERENT}" in message
-    assert "to_empty() materialises each name separately" in message
+    assert "from the meta device gave each name its own tensor" in message
+    assert "assign=True" in message
     assert message.endswith("(or call the model's own tie_weights()).")
     assert FIX in message
     ws.retie(model, guard.groups)

@@ -27,7 +27,10 @@ FIX = (
     "name again (or call the model's own tie_weights())."
 )
 FIX_AFTER_UNDO = FIX.replace("Fix:", "Fix, after undoing the parametrization:")
-CAUSE_META = "to_empty() materialises each name separately"
+CAUSE_META = (
+    "materialising the model from the meta device gave each name its own tensor "
+    "(to_empty(), or load_state_dict(..., assign=True))"
+)
 CAUSE_PARAMETRIZATION = (
     "torch.nn.utils.weight_norm / a parametrization replaced the parameter; "
     "undo it first (torch.nn.utils.parametrize.remove_parametrizations or "
@@ -85,7 +88,8 @@ class TieGuard:
     ...
     weightshare.BrokenTieError: 1 of 1 recorded tie group(s) broken:
     - ['emb.weight', 'head.weight']: 'head.weight' is now a different Parameter \
-object than 'emb.weight'. Likely cause: to_empty() materialises each name separately.
+object than 'emb.weight'. Likely cause: materialising the model from the meta device \
+gave each name its own tensor (to_empty(), or load_state_dict(..., assign=True)).
     Fix: weightshare.retie(model, guard.groups) ties each group to its first name \
 again (or call the model's own tie_weights()).
     >>> ws.retie(model, guard.groups)
