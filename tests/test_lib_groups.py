@@ -476,3 +476,12 @@ def test_storage_aliases_step_limit_falls_back_to_byte_ranges(
     monkeypatch.setattr("weightshare._groups._MAX_STEPS", 100)
     assert ws.storage_aliases(rows) == [["p0", "p1"]]  # undecided: ranges overlap
     assert ws.storage_aliases(views(w[0::6], w[1::6])) == []  # decided in a few steps
+
+
+def test_count_parameters_unique_counts_frozen_parameters_too() -> None:
+    model = TinyLM(10, 4)
+    model.wte.weight.requires_grad_(False)  # freezes lm_head.weight too: one object
+    count = ws.count_parameters(model)
+    assert count.unique == 40 + 8
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 8
