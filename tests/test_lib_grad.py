@@ -599,3 +599,20 @@ def test_meta_buffer_slot_kept() -> None:
     scale = model.fc1.scale
     parts = ws.grad_contributions(model, w, lambda: model(torch.ones(1)).sum())
     assert list(parts) == ["fc1", "fc2"] and model.fc1.scale is scale
+
+
+def test_other_autograd_errors_propagate_unchanged() -> None:
+    torch.manual_seed(0)
+    model = BatchNormTwice()
+    before = buffers(model)
+
+    def loss_fn() -> torch.Tensor:
+        out = model(torch.randn(8, 4)).sigmoid()
+        loss = out.sum()
+        out.mul_(2)  # sigmoid saved its output for backward
+        return loss
+
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation"):
+        ws.grad_contributions(model, "fc.weight", loss_fn)
+    for name, value in model.named_buffers():
+        assert torch.equal(value, before[name]), name

@@ -485,3 +485,8 @@ def test_count_parameters_unique_counts_frozen_parameters_too() -> None:
     assert count.unique == 40 + 8
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == 8
+
+
+def test_storage_aliases_single_bytes() -> None:
+    b = torch.zeros(4, dtype=torch.int8)
+    assert ws.storage_aliases(views(b[1], b[1:2], b[2])) == [["p0", "p1"]]
