@@ -93,6 +93,34 @@ def test_user_metadata_kept(tmp_path: Path) -> None:
     assert metadata["step"] == "7" and metadata["format"] == "mine"
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_loaded_model_does_not_depend_on_the_file(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"m.{fmt}"
+    source = fresh(0)
+    ws.save(source, path, format=fmt)  # type: ignore[arg-type]
+    target = fresh(1)
+    ws.load(target, path)
+    expected = values(source)
+    assert_bit_identical(target, expected)
+    with open(path, "r+b") as handle:  # overwrite in place: same file, new bytes
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
+        handle.write(b"\xff" * size)
+    assert_bit_identical(target, expected)
+    path.unlink()
+    assert_bit_identical(target, expected)
+
+
+def test_load_legacy_torch_format(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    source = fresh(0)
+    torch.save(source.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:1] == b"\x80"  # a pickle, which cannot be mapped
+    target = fresh(1)
+    ws.load(target, path)
+    assert_bit_identical(target, values(source))
+
+
 def test_load_into_untied_model_fills_group_from_file(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     source = fresh(0)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
+from torch.utils.checkpoint import checkpoint
 
 import weightshare as ws
 
@@ -414,3 +415,204 @@ def test_empty_parameter() -> None:
         model, "fc.weight", lambda: model.fc(torch.ones(0)).sum()
     )
     assert list(parts) == ["fc"] and parts["fc"].shape == (2, 0)
+
+
+# --- the model, its buffers and the random number generators are left as found -------
+
+
+class BatchNormTwice(nn.Module):
+    """One Linear called twice, with BatchNorm (training mode) and dropout between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.bn(self.fc(x))))
+
+
+def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def test_batchnorm_running_stats_are_put_back() -> None:
+    torch.manual_seed(0)
+    model = BatchNormTwice()
+    x = torch.randn(8, 4)
+    before = buffers(model)
+    objects = {name: b for name, b in model.named_buffers()}
+    parts = ws.grad_contributions(model, "fc.weight", lambda: model(x).sum())
+    assert list(parts) == ["fc[0]", "fc[1]"]
+    after = dict(model.named_buffers())
+    assert after.keys() == {
+        "bn.running_mean",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+    }
+    for name, value in before.items():
+        assert after[name] is objects[name]
+        assert after[name].dtype == value.dtype and torch.equal(after[name], value), (
+            name
+        )
+    assert int(model.bn.num_batches_tracked) == 0
+    model(x)  # an ordinary forward does change them: the test can fail
+    assert int(model.bn.num_batches_tracked) == 1
+    assert not torch.equal(model.bn.running_mean, before["bn.running_mean"])
+
+
+def test_global_rng_restored_so_dropout_repeats() -> None:
+    torch.manual_seed(0)
+    model = BatchNormTwice()
+    x = torch.randn(8, 4)
+
+    def loss_fn() -> torch.Tensor:
+        return model(x).pow(2).sum()
+
+    state = torch.get_rng_state()
+    parts = ws.grad_contributions(model, "fc.weight", loss_fn)
+    assert torch.equal(torch.get_rng_state(), state)
+    # The next loss_fn() draws the same dropout masks, and so the same gradient.
+    assert_sums_to_grad(model, parts, model.fc.weight, loss_fn)
+
+
+class ReplacesBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls = self.calls + 1  # a new tensor object in the buffer slot
+        return self.fc(x)
+
+
+def test_replaced_buffer_object_is_put_back() -> None:
+    model = ReplacesBuffer()
+    calls = model.calls
+    ws.grad_contributions(model, "fc.weight", lambda: model(torch.ones(2)).sum())
+    assert model.calls is calls and int(calls) == 0
+
+
+def test_buffers_put_back_when_loss_fn_raises() -> None:
+    torch.manual_seed(0)
+    model = BatchNormTwice()
+    before = buffers(model)
+
+    def loss_fn() -> torch.Tensor:
+        model(torch.randn(8, 4))
+        raise KeyError("boom")
+
+    state = torch.get_rng_state()
+    with pytest.raises(KeyError, match=r"boom"):
+        ws.grad_contributions(model, "fc.weight", loss_fn)
+    for name, value in model.named_buffers():
+        assert torch.equal(value, before[name]), name
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_eval_mode_buffers_untouched() -> None:
+    torch.manual_seed(0)
+    model = BatchNormTwice().eval()
+    versions = {name: b._version for name, b in model.named_buffers()}
+    ws.grad_contributions(model, "fc.weight", lambda: model(torch.randn(8, 4)).sum())
+    assert {name: b._version for name, b in model.named_buffers()} == versions
+
+
+# --- activation checkpointing and inference mode ------------------------------------
+
+
+def checkpointed(
+    reentrant: bool | None,
+) -> tuple[nn.Module, Callable[[], torch.Tensor]]:
+    """A tied pair whose second use runs under checkpoint (None: no checkpoint)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    model[2].weight = model[0].weight
+    x = torch.randn(4, 3)
+
+    def loss_fn() -> torch.Tensor:
+        h = model[1](model[0](x))
+        if reentrant is None:
+            return model[2](h).pow(2).sum()
+        out = checkpoint(model[2], h, use_reentrant=reentrant)
+        return out.pow(2).sum()
+
+    return model, loss_fn
+
+
+def test_non_reentrant_checkpoint_splits_like_no_checkpoint() -> None:
+    model, loss_fn = checkpointed(reentrant=False)
+    parts = ws.grad_contributions(model, "0.weight", loss_fn)
+    assert list(parts) == ["0", "2"]
+    assert_sums_to_grad(model, parts, model[0].weight, loss_fn)
+    plain_model, plain_loss = checkpointed(reentrant=None)
+    plain = ws.grad_contributions(plain_model, "0.weight", plain_loss)
+    for key, value in plain.items():
+        assert_close(parts[key], value)
+
+
+def test_reentrant_checkpoint_names_use_reentrant_false() -> None:
+    model, loss_fn = checkpointed(reentrant=True)
+    before = snapshot(model)
+    with pytest.raises(RuntimeError) as info:
+        ws.grad_contributions(model, "0.weight", loss_fn)
+    assert str(info.value) == (
+        "cannot split the gradient of '0.weight': loss_fn ran torch.utils.checkpoint "
+        "with use_reentrant=True, which does not support torch.autograd.grad (used "
+        "here to take one gradient per use); pass use_reentrant=False to "
+        "torch.utils.checkpoint.checkpoint"
+    )
+    assert "use_reentrant=True" in str(info.value.__cause__)
+    assert snapshot(model) == before
+
+
+def test_reentrant_checkpoint_of_the_whole_model_hints_too() -> None:
+    model, _ = checkpointed(reentrant=True)
+    x = torch.randn(4, 3)
+    no_input_grad = r"None of the inputs have requires_grad"
+    hint = r"without grad_fn .* use_reentrant=False"
+    with (
+        pytest.warns(UserWarning, match=no_input_grad),
+        pytest.raises(TypeError, match=hint),
+    ):
+        ws.grad_contributions(
+            model, "0.weight", lambda: checkpoint(model, x, use_reentrant=True).sum()
+        )
+
+
+def test_inference_mode_is_refused() -> None:
+    model, w = two_layer()
+    with torch.inference_mode(), pytest.raises(RuntimeError) as info:
+        ws.grad_contributions(model, w, lambda: model(torch.ones(1)).sum())
+    assert str(info.value) == (
+        "grad_contributions() was called under torch.inference_mode(), where "
+        "autograd records nothing (torch.enable_grad() does not lift it); call it "
+        "outside the inference_mode block"
+    )
+
+
+def test_meta_buffer_slot_kept() -> None:
+    model, w = two_layer()
+    model.fc1.register_buffer("scale", torch.empty(3, device="meta"))
+    scale = model.fc1.scale
+    parts = ws.grad_contributions(model, w, lambda: model(torch.ones(1)).sum())
+    assert list(parts) == ["fc1", "fc2"] and model.fc1.scale is scale
+
+
+def test_other_autograd_errors_propagate_unchanged() -> None:
+    torch.manual_seed(0)
+    model = BatchNormTwice()
+    before = buffers(model)
+
+    def loss_fn() -> torch.Tensor:
+        out = model(torch.randn(8, 4)).sigmoid()
+        loss = out.sum()
+        out.mul_(2)  # sigmoid saved its output for backward
+        return loss
+
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation"):
+        ws.grad_contributions(model, "fc.weight", loss_fn)
+    for name, value in model.named_buffers():
+        assert torch.equal(value, before[name]), name

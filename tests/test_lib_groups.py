@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterable
 
 import pytest
 import torch
@@ -292,3 +293,200 @@ def test_count_parameters_is_frozen() -> None:
     count = ws.count_parameters(TinyLM())
     with pytest.raises(AttributeError):
         count.unique = 0  # type: ignore[misc]
+
+
+# --- storage_aliases: element overlap of strided views --------------------------------
+
+
+def views(*tensors: torch.Tensor) -> nn.Module:
+    model = nn.Module()
+    for i, tensor in enumerate(tensors):
+        grad = tensor.is_floating_point()
+        model.register_parameter(f"p{i}", nn.Parameter(tensor, requires_grad=grad))
+    return model
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("columns", [6, 7])
+def test_storage_aliases_interleaved_columns_share_nothing(
+    device: str, columns: int
+) -> None:
+    w = torch.zeros(4, columns, device=device)
+    assert ws.storage_aliases(views(w[:, 0::2], w[:, 1::2])) == []
+    assert ws.storage_aliases(views(w[:, 0::2], w[:, 1::2], w[1])) == [
+        ["p0", "p1", "p2"]
+    ]
+
+
+def test_storage_aliases_interleaved_writes_do_not_show() -> None:
+    w = torch.zeros(3, 4)
+    even, odd = w[:, 0::2], w[:, 1::2]
+    even.fill_(1.0)
+    assert odd.abs().sum() == 0
+    assert ws.storage_aliases(views(even, odd)) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "aliased"),
+    [
+        (lambda w: (w, w.t()), True),
+        (lambda w: (w[0], w[:, 0]), True),  # share w[0, 0] only
+        (lambda w: (w[0, 1:], w[:, 0]), False),  # row 0 without w[0, 0]
+        (lambda w: (w[0::2], w[1::2]), False),
+        (lambda w: (w[1:3, 1:3], w[0::3, 0::3]), False),
+        (lambda w: (w[1:3, 1:3], w[1::3, 1::3]), True),  # w[1, 1]
+        (lambda w: (w.diagonal(), w[:, 1::2]), True),  # w[1, 1] and w[3, 3]
+        (lambda w: (w.diagonal(), w[0::2, 1::2]), False),
+        (lambda w: (w.diagonal(), w.as_strided((6,), (5,), 5)), False),  # anti-diagonal
+        (lambda w: (w[0, 0::2], w.flatten()[1::2]), False),
+        (lambda w: (w[:, :3].view(torch.int8)[:, 1::4], w[:, 0]), True),
+        (lambda w: (w[:, :3].view(torch.int8)[:, 1::4], w[:, 3]), False),
+        (lambda w: (w.expand(2, 6, 6)[:, :, 0], w[:, 1]), False),
+        (lambda w: (w.expand(2, 6, 6)[:, :, 0], w[5]), True),
+    ],
+)
+def test_storage_aliases_exact_for_strided_views(
+    make: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], aliased: bool
+) -> None:
+    w = torch.arange(36.0).reshape(6, 6)
+    a, b = make(w)
+    shared = set(element_addresses(a)) & set(element_addresses(b))
+    assert bool(shared) == aliased  # the expectation itself, element by element
+    expected = [["p0", "p1"]] if aliased else []
+    assert ws.storage_aliases(views(a, b)) == expected
+    assert ws.storage_aliases(views(b, a)) == expected
+
+
+def element_addresses(t: torch.Tensor) -> list[int]:
+    """Every byte address of every element (the brute-force reference)."""
+    base = t.data_ptr()
+    size = t.element_size()
+    index = torch.stack(
+        torch.meshgrid(*[torch.arange(n) for n in t.shape], indexing="ij")
+    ).reshape(t.dim(), -1)
+    offsets = (index * torch.tensor(t.stride())[:, None]).sum(0) * size
+    return [base + int(o) + k for o in offsets for k in range(size)]
+
+
+def test_storage_aliases_brute_force_on_random_views() -> None:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.zeros(5, 8)
+    bases = [w, w.view(torch.int8), w.view(torch.float64), w.view(torch.int16)]
+    for _ in range(600):
+        a, b = (random_view(bases[int(torch.randint(4, (1,)))], gen) for _ in range(2))
+        shared = set(element_addresses(a)) & set(element_addresses(b))
+        want = [["p0", "p1"]] if shared else []
+        assert ws.storage_aliases(views(a, b)) == want, (a.stride(), b.stride())
+
+
+def random_view(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def pick(n: int) -> slice:
+        start = int(torch.randint(0, n, (1,), generator=gen))
+        step = int(torch.randint(1, 4, (1,), generator=gen))
+        return slice(start, n, step)
+
+    view = w[pick(w.shape[0]), pick(w.shape[1])]
+    return view.t() if bool(torch.randint(0, 2, (1,), generator=gen)) else view
+
+
+def test_storage_aliases_huge_views_decided_without_listing_elements() -> None:
+    with torch.device("meta"):
+        w = torch.empty(50_000, 50_001)  # 10 GB if it were real
+    model = views(w[:, 0::2], w[:, 1::2], w.t(), w[7, 3:4])
+    assert ws.storage_aliases(model) == [["p0", "p1", "p2", "p3"]]
+    assert ws.storage_aliases(views(w[:, 0::2], w[:, 1::2])) == []
+    assert ws.storage_aliases(views(w[0::2], w[1::2, 5:])) == []
+    assert ws.storage_aliases(views(w[0::2], w[1::2].t())) == []
+
+
+def test_storage_aliases_large_irregular_views_exact() -> None:
+    with torch.device("meta"):
+        w = torch.empty(3000, 1001)
+    # Neither strides' gcd nor the byte ranges separate these: listing is needed.
+    a = w.as_strided((1500, 500), (2002, 2))
+    b = w.as_strided((1500, 500), (2002, 2), 1001)
+    assert ws.storage_aliases(views(a, b)) == []
+    c = w.as_strided((1500, 500), (2002, 2), 1001 * 3 + 1)
+    assert ws.storage_aliases(views(a, c)) == []
+    d = w.as_strided((1500, 500), (2002, 2), 2002 * 1499 + 998)
+    assert ws.storage_aliases(views(a, d)) == [["p0", "p1"]]
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, foreach=False),
+        lambda p: torch.optim.SGD(p, lr=0.1, foreach=True),
+        lambda p: torch.optim.SGD(p, lr=0.1, fused=True),
+        lambda p: torch.optim.Adam(p, foreach=False),
+        lambda p: torch.optim.Adam(p, foreach=True),
+        lambda p: torch.optim.Adam(p, fused=True),
+    ],
+)
+def test_storage_aliases_survive_optimizer_steps(
+    step: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+) -> None:
+    model = aliased("cpu")
+    optimizer = step(model.parameters())
+    model.dec(model.enc(torch.ones(2, 3))).sum().backward()
+    optimizer.step()
+    assert ws.storage_aliases(model) == [["enc.weight", "dec.weight", "copy.weight"]]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.to(torch.float32),  # nothing to convert
+        lambda m: m.load_state_dict(m.state_dict()),  # copies in place
+    ],
+)
+def test_storage_aliases_kept_by_in_place_changes(
+    change: Callable[[nn.Module], object],
+) -> None:
+    model = aliased("cpu")
+    change(model)
+    assert ws.storage_aliases(model) == [["enc.weight", "dec.weight", "copy.weight"]]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.double(),
+        lambda m: m.to("meta"),
+        lambda m: m.load_state_dict(
+            {k: v.clone() for k, v in m.state_dict().items()}, assign=True
+        ),
+    ],
+)
+def test_storage_aliases_separated_by_new_tensors(
+    change: Callable[[nn.Module], object],
+) -> None:
+    model = aliased("cpu")
+    change(model)
+    assert ws.storage_aliases(model) == []
+
+
+def test_storage_aliases_step_limit_falls_back_to_byte_ranges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with torch.device("meta"):
+        w = torch.empty(50_000, 64)
+    rows = views(w[0::6], w[1::4])  # even rows against odd rows: nothing shared
+    assert ws.storage_aliases(rows) == []
+    monkeypatch.setattr("weightshare._groups._MAX_STEPS", 100)
+    assert ws.storage_aliases(rows) == [["p0", "p1"]]  # undecided: ranges overlap
+    assert ws.storage_aliases(views(w[0::6], w[1::6])) == []  # decided in a few steps
+
+
+def test_count_parameters_unique_counts_frozen_parameters_too() -> None:
+    model = TinyLM(10, 4)
+    model.wte.weight.requires_grad_(False)  # freezes lm_head.weight too: one object
+    count = ws.count_parameters(model)
+    assert count.unique == 40 + 8
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 8
+
+
+def test_storage_aliases_single_bytes() -> None:
+    b = torch.zeros(4, dtype=torch.int8)
+    assert ws.storage_aliases(views(b[1], b[1:2], b[2])) == [["p0", "p1"]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -104,6 +106,35 @@ def test_tie_device_mismatch() -> None:
     with pytest.raises(ws.TieError, match=r"target is on device meta but source.*cpu"):
         ws.tie(model, "b.weight", "a.weight")
     assert not ws.is_tied("a.weight", "b.weight", model)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("frozen", ["target", "source"])
+def test_tie_refuses_different_requires_grad(frozen: str, transpose: bool) -> None:
+    model = autoencoder() if transpose else lm()
+    target, source = ("dec.weight", "enc.weight") if transpose else lm_names()
+    name = target if frozen == "target" else source
+    model.get_parameter(name).requires_grad_(False)
+    before = dict(model.named_parameters())
+    with pytest.raises(ws.TieError) as info:
+        ws.tie(model, target, source, transpose=transpose)
+    flags = [frozen != "target", frozen != "source"]
+    assert str(info.value) == (
+        f"cannot tie target {target!r} to source {source!r}: target has "
+        f"requires_grad={flags[0]} but source has requires_grad={flags[1]}, and a "
+        "tie is one Parameter with one flag; set the one you want on both first: "
+        "call .requires_grad_(False) on both to freeze the tie, or "
+        ".requires_grad_(True) on both to train it"
+    )
+    assert dict(model.named_parameters()) == before
+    model.get_parameter(target).requires_grad_(False)
+    model.get_parameter(source).requires_grad_(False)
+    shared = ws.tie(model, target, source, transpose=transpose)
+    assert not shared.requires_grad and ws.shared_groups(model)
+
+
+def lm_names() -> tuple[str, str]:
+    return "head.weight", "emb.weight"
 
 
 def test_tie_on_meta_device() -> None:
@@ -265,13 +296,20 @@ def test_untie_transposed(name: str) -> None:
     assert enc.abs().sum() > 0
 
 
-def test_untie_transposed_not_shared_is_noop() -> None:
+@pytest.mark.parametrize("name", ["dec.weight", "dec.parametrizations.weight.original"])
+def test_untie_transposed_after_untying_the_source(name: str) -> None:
     model = autoencoder()
+    old = model.enc.weight
     ws.tie(model, "dec.weight", "enc.weight", transpose=True)
-    ws.untie(model, "enc.weight")
-    original = model.dec.parametrizations.weight.original
-    assert ws.untie(model, "dec.weight") is original
-    assert hasattr(model.dec, "parametrizations")
+    own = ws.untie(model, "enc.weight")
+    assert own is model.enc.weight and own is not old and own.shape == (3, 6)
+    new = ws.untie(model, name)
+    assert type(model.dec) is nn.Linear  # the Transpose parametrization is gone
+    assert new is model.dec.weight and new.shape == (6, 3)
+    assert torch.equal(new, old.T) and new.is_contiguous()
+    assert new.untyped_storage()._cdata != own.untyped_storage()._cdata
+    assert ws.shared_groups(model) == [] and ws.storage_aliases(model) == []
+    assert ws.untie(model, "dec.weight") is new  # now a plain, unshared parameter
 
 
 def test_untie_other_parametrization_is_plain_untie() -> None:
@@ -317,6 +355,25 @@ def test_retie_validates_everything_first() -> None:
     with pytest.raises(ws.UnknownNameError, match=r"did you mean 'c.bias'"):
         ws.retie(model, [["a.weight", "b.weight"], ["a.bias", "c.biaz"]])
     assert dict(model.named_parameters()) == before
+    assert ws.shared_groups(model) == []
+
+
+def test_retie_repairs_a_submodule_replaced_by_its_deep_copy() -> None:
+    model = lm()
+    ws.tie(model, "head.weight", "emb.weight")
+    groups = ws.shared_groups(model)
+    assert ws.shared_groups(copy.deepcopy(model)) == groups  # whole model: kept
+    model.head = copy.deepcopy(model.head)  # one submodule: its own copy
+    assert ws.shared_groups(model) == []
+    ws.retie(model, groups)
+    assert model.head.weight is model.emb.weight
+
+
+def test_retie_refuses_different_requires_grad() -> None:
+    model = pair(a=nn.Linear(2, 2), b=nn.Linear(2, 2))
+    model.b.weight.requires_grad_(False)
+    with pytest.raises(ws.TieError, match=r"requires_grad=False .* requires_grad=True"):
+        ws.retie(model, [["a.weight", "b.weight"]])
     assert ws.shared_groups(model) == []
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import os
 import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Literal
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -196,8 +195,11 @@ def load(
 ) -> None:
     """Load a checkpoint into ``model`` in place, keeping the model's ties.
 
-    The whole file is read and validated before any value is copied, so the
-    model is either fully loaded or not changed at all. Keys left out by
+    The whole file is validated before any value is copied, so the model is
+    either fully loaded or not changed at all. The file is memory-mapped and each
+    tensor is copied straight from the mapping into its parameter or buffer, so
+    loading needs little memory beyond the model's own (the file's pages are page
+    cache), and the model does not depend on the file afterwards. Keys left out by
     :func:`save` (the other names of a tied group) are filled from their group,
     using both the groups recorded in the file and the model's own ties. Values
     are copied in place (``param.copy_`` under
@@ -254,9 +256,14 @@ def load(
 
 
 def _read(path: str | os.PathLike[str], note: str) -> tuple[Tensors, list[list[str]]]:
-    """All tensors and recorded groups in a file; CheckpointError if unreadable."""
+    """All tensors and recorded groups in a file; CheckpointError if unreadable.
+
+    The tensors are memory-mapped from the file, not read into memory: a value is
+    read from disk when it is used (compared, or copied into the model), and its
+    pages belong to the page cache, which the kernel can drop again.
+    """
     try:
-        return _parse(Path(path).read_bytes())
+        return _parse(os.fspath(path))
     except Exception as err:
         raise CheckpointError(
             f"could not read checkpoint {os.fspath(path)!r}: {err}; the file may be "
@@ -264,14 +271,21 @@ def _read(path: str | os.PathLike[str], note: str) -> tuple[Tensors, list[list[s
         ) from err
 
 
-def _parse(data: bytes) -> tuple[Tensors, list[list[str]]]:
-    if data[8:9] == b"{":
-        tensors = safetensors.torch.load(data)
-        size = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+def _parse(path: str) -> tuple[Tensors, list[list[str]]]:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[8:9] == b"{":
+        # safe_open checks the header against the file's size: a truncated file
+        # fails here, before any value is used.
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            names = f.keys()  # a safe_open object is not iterable
+            tensors = {key: f.get_tensor(key) for key in names}
+            meta = f.metadata() or {}
         return tensors, _groups(json.loads(meta.get(GROUPS_KEY, "[]")))
-    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        # mmap needs the zip format of torch.save; the legacy pickle format is read.
+        mmap = head[:4] == b"PK\x03\x04"
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         return _from_torch(obj)
     raise ValueError("it is neither a safetensors file nor a torch.save file")
 

@@ -19,8 +19,10 @@ class ParameterCount:
     Attributes
     ----------
     unique : int
-        Elements in unique Parameter objects: what trains and what the optimizer
-        holds.
+        Elements in unique Parameter objects, each tie counted once: the
+        parameters' share of memory. Frozen parameters (``requires_grad=False``)
+        count too; the elements that train are
+        ``sum(p.numel() for p in model.parameters() if p.requires_grad)``.
     with_duplicates : int
         Sum of ``numel()`` over ``named_parameters(remove_duplicate=False)``: a
         tied weight is counted once per name.

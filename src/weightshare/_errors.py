@@ -22,11 +22,11 @@ __all__ = [
 
 
 class TieError(ValueError):
-    """A tie that cannot be made: shapes, dtypes or devices do not match.
+    """A tie that cannot be made: shapes, dtypes, devices or requires_grad differ.
 
     Raised by :func:`weightshare.tie` and :func:`weightshare.retie` before anything
     in the model is changed. The message names both parameters and their shapes,
-    dtypes or devices, and says what to do.
+    dtypes, devices or ``requires_grad`` flags, and says what to do.
 
     Examples
     --------

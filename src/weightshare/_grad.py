@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -63,16 +65,29 @@ def grad_contributions(
         If ``param`` is not a parameter of ``model`` (``weightshare``'s
         ``UnknownNameError`` for names), does not require grad, or is on the
         meta device.
+    RuntimeError
+        If called under ``torch.inference_mode()``, or if ``loss_fn`` uses
+        ``torch.utils.checkpoint.checkpoint`` with ``use_reentrant=True``
+        (which does not support :func:`torch.autograd.grad`; pass
+        ``use_reentrant=False``).
 
     Notes
     -----
     No ``.grad`` is touched (it uses :func:`torch.autograd.grad`), and the model is
-    left exactly as found: the same Parameter objects in every slot and no hooks
-    left behind, also when ``loss_fn`` raises (its exception propagates).
+    left exactly as found, also when ``loss_fn`` raises (its exception
+    propagates): the same Parameter objects in every slot, no hooks left behind,
+    and every buffer the same object with the same values. The extra forward pass
+    of ``loss_fn`` does change buffers, e.g. the running statistics and
+    ``num_batches_tracked`` of ``nn.BatchNorm1d`` in training mode;
+    they are copied before the call and put back after it. The global random
+    number generators (the CPU one, and that of each CUDA device holding a
+    parameter or buffer of the model) are put back too, so the extra call does not
+    shift the random numbers drawn after it.
 
-    ``loss_fn`` is called once. To compare the sum with a separate
-    ``loss_fn().backward()``, make the loss repeatable: no dropout
-    (``model.eval()``) and fixed inputs.
+    ``loss_fn`` is called once. The sum equals the ``.grad`` of a separate
+    ``loss_fn().backward()`` when that call computes the same loss: fixed inputs,
+    and dropout masks drawn from the global generator, which is restored, so the
+    next call draws the same masks.
 
     Examples
     --------
@@ -91,17 +106,52 @@ def grad_contributions(
     >>> {key: value.item() for key, value in parts.items()}
     {'fc1': 2.0, 'fc2': 4.0}
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "grad_contributions() was called under torch.inference_mode(), where "
+            "autograd records nothing (torch.enable_grad() does not lift it); call it "
+            "outside the inference_mode block"
+        )
     name, target = _resolve(model, param)
     _check_param(name, target)
-    tracer = _Tracer(model, target)
+    with _as_found(model):
+        tracer = _Tracer(model, target)
+        try:
+            tracer.install()
+            with torch.enable_grad():
+                loss = loss_fn()
+        finally:
+            tracer.remove()
+        _check_loss(loss, name)
+        return tracer.contributions(loss, name)
+
+
+@contextmanager
+def _as_found(model: nn.Module) -> Iterator[None]:
+    """Put back the model's buffers and the global RNG states on leaving.
+
+    Buffers are restored after the caller's :func:`torch.autograd.grad`, since an
+    eval-mode forward may save a buffer for backward; only those whose values
+    changed are copied back (BatchNorm's kernel updates its running statistics
+    without moving their version counter, so the values are compared).
+    """
+    saved = [
+        (module, key, buf, None if buf.is_meta else buf.detach().clone())
+        for module in model.modules()
+        for key, buf in module._buffers.items()
+        if buf is not None
+    ]
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     try:
-        tracer.install()
-        with torch.enable_grad():
-            loss = loss_fn()
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            yield
     finally:
-        tracer.remove()
-    _check_loss(loss, name)
-    return tracer.contributions(loss, name)
+        with torch.no_grad():
+            for module, key, buf, copy in saved:
+                module._buffers[key] = buf
+                if copy is not None and not torch.equal(buf, copy):
+                    buf.copy_(copy)
 
 
 def _resolve(model: nn.Module, param: nn.Parameter | str) -> tuple[str, nn.Parameter]:
@@ -138,7 +188,11 @@ def _check_loss(loss: object, name: str) -> None:
     elif loss.numel() != 1:
         got = f"a tensor of shape {tuple(loss.shape)}; reduce it, e.g. with .sum()"
     elif loss.grad_fn is None:
-        got = "a tensor without grad_fn (detached, or computed without autograd)"
+        got = (
+            "a tensor without grad_fn (detached, computed without autograd, or by "
+            "torch.utils.checkpoint with use_reentrant=True from inputs that do not "
+            "require grad: pass use_reentrant=False)"
+        )
     else:
         return
     raise TypeError(
@@ -205,7 +259,18 @@ class _Tracer:
 
     def contributions(self, loss: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
         inputs = [alias for _, alias in self.calls] + [self.direct, self.param]
-        *per_call, direct, total = torch.autograd.grad(loss, inputs, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        except RuntimeError as err:
+            if not _has_reentrant_checkpoint(loss):
+                raise
+            raise RuntimeError(
+                f"cannot split the gradient of {name!r}: loss_fn ran "
+                "torch.utils.checkpoint with use_reentrant=True, which does not "
+                "support torch.autograd.grad (used here to take one gradient per "
+                "use); pass use_reentrant=False to torch.utils.checkpoint.checkpoint"
+            ) from err
+        *per_call, direct, total = grads
         if total is None:
             raise TypeError(
                 f"loss_fn must return a scalar tensor that depends on {name!r}; the "
@@ -227,6 +292,21 @@ class _Tracer:
             keys.append(f"{key}[{seen[key]}]" if counts[key] > 1 else key)
             seen[key] += 1
         return keys
+
+
+def _has_reentrant_checkpoint(loss: torch.Tensor) -> bool:
+    """Whether the loss's graph has a node of reentrant activation checkpointing."""
+    seen: set[object] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node.name() == "CheckpointFunctionBackward":
+            return True
+        seen.add(node)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
 
 
 def _has_direct(

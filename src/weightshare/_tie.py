@@ -70,14 +70,18 @@ def tie(
     weightshare.NotAParameterError
         If a name is a buffer, a submodule or a plain tensor attribute.
     weightshare.TieError
-        If shapes, dtypes or devices differ; for shapes that match once
-        transposed, the message says ``pass transpose=True to tie W and Wᵀ``.
-        Nothing is changed when an error is raised.
+        If shapes, dtypes, devices or ``requires_grad`` differ; for shapes that
+        match once transposed, the message says ``pass transpose=True to tie W
+        and Wᵀ``. Nothing is changed when an error is raised.
 
     Notes
     -----
     If ``target`` is ``source``, or the two are already one object, nothing
     changes and the parameter is returned.
+
+    A tie is one Parameter with one ``requires_grad``, so a frozen target is
+    never silently made trainable (nor a trainable one frozen): set the same flag
+    on both first, e.g. ``model.get_parameter(name).requires_grad_(False)``.
 
     An optimizer created *before* the tie still holds the old target Parameter,
     which is no longer in the model: it keeps updating a tensor nobody uses.
@@ -159,7 +163,11 @@ def _already_transposed(
 def _check(
     tname: str, tgt: torch.Tensor, sname: str, src: torch.Tensor, *, transpose: bool
 ) -> None:
-    """Raise TieError unless ``tgt`` can become ``src`` (or ``srcᵀ``)."""
+    """Raise TieError unless ``tgt`` can become ``src`` (or ``srcᵀ``).
+
+    Also when their ``requires_grad`` differ: tying would silently change the
+    flag of the target's name, freezing or unfreezing it.
+    """
     head = f"cannot tie {tname} to {sname}"
     if transpose and src.dim() != 2:
         raise TieError(
@@ -182,6 +190,13 @@ def _check(
         raise TieError(
             f"{head}: target is on device {tgt.device} but source is on "
             f"{src.device}; move the model to one device first with model.to(device)"
+        )
+    if tgt.requires_grad != src.requires_grad:
+        raise TieError(
+            f"{head}: target has requires_grad={tgt.requires_grad} but source has "
+            f"requires_grad={src.requires_grad}, and a tie is one Parameter with one "
+            "flag; set the one you want on both first: call .requires_grad_(False) "
+            "on both to freeze the tie, or .requires_grad_(True) on both to train it"
         )
 
 
@@ -227,8 +242,8 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
     ``tie(..., transpose=True)``, pass either the parametrized name
     (``"dec.weight"``) or its original
     (``"dec.parametrizations.weight.original"``): the parametrization is removed
-    and ``dec.weight`` becomes a plain parameter holding the current transposed
-    value.
+    and ``dec.weight`` becomes a plain parameter of its own shape holding the
+    current transposed value, also when the source was untied first.
 
     Parameters
     ----------
@@ -241,8 +256,9 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
     -------
     :class:`torch.nn.Parameter`
         The parameter now at ``name`` (for a removed transposed tie: at the
-        parametrized name). If ``name`` was not shared, nothing changes and the
-        existing parameter is returned.
+        parametrized name, e.g. ``dec.weight``). If ``name`` was not shared and
+        is no transposed tie, nothing changes and the existing parameter is
+        returned.
 
     Raises
     ------
@@ -271,7 +287,7 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
     """
     site = _transposed_site(model, name)
     if site is not None:
-        return _untie_transposed(model, *site)
+        return _untie_transposed(*site)
     param = get_parameter(model, name, "name")
     if not _is_shared(model, param):
         return param
@@ -280,11 +296,14 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
     return new
 
 
-def _untie_transposed(model: nn.Module, module: nn.Module, attr: str) -> nn.Parameter:
+def _untie_transposed(module: nn.Module, attr: str) -> nn.Parameter:
+    """Replace ``module.attr = originalᵀ`` by a plain parameter with its value.
+
+    Done whether or not the original is still shared: the parametrization is the
+    tie, and ``module.attr`` must get a tensor of its own shape either way.
+    """
     chain = plist(module, attr)
     original = cast(nn.Parameter, chain.original)
-    if not _is_shared(model, original):
-        return original
     value = original.detach().t().clone(memory_format=torch.contiguous_format)
     chain._parameters["original"] = nn.Parameter(value, original.requires_grad)
     parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
@@ -297,10 +316,13 @@ def retie(model: nn.Module, groups: Sequence[Sequence[str]]) -> None:
     """Tie each group of names again: every name becomes the group's FIRST one.
 
     The Parameter at each group's **first name survives (its values are kept)**;
-    the others are replaced by it. Use it to repair ties that ``to_empty()``,
-    ``load_state_dict(..., assign=True)`` or a ``copy.deepcopy`` broke, with the
-    groups recorded earlier by :class:`TieGuard` or :func:`shared_groups`. All
-    groups are validated first; if any is invalid nothing is changed.
+    the others are replaced by it. Use it to repair ties that ``to_empty()`` or
+    ``load_state_dict(..., assign=True)`` broke, or replacing a submodule by its
+    deep copy (``model.head = copy.deepcopy(model.head)``: the copy has its own
+    weight), with the groups recorded earlier by :class:`TieGuard` or
+    :func:`shared_groups`. A ``copy.deepcopy`` of the whole model keeps its ties
+    (its memo copies a shared Parameter once). All groups are validated first; if
+    any is invalid nothing is changed.
 
     Parameters
     ----------
@@ -317,7 +339,7 @@ def retie(model: nn.Module, groups: Sequence[Sequence[str]]) -> None:
         If a name is not a parameter (e.g. a weight now computed by a
         parametrization).
     weightshare.TieError
-        If shapes, dtypes or devices within a group differ.
+        If shapes, dtypes, devices or ``requires_grad`` within a group differ.
 
     Examples
     --------
