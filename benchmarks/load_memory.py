@@ -193,7 +193,6 @@ def benchmark(shape: Shape, quick: bool) -> dict[str, Any]:
         "torch": torch.__version__,
         "safetensors": safetensors.__version__,
         "weightshare": weightshare.__version__,
-        "weightshare_path": str(Path(weightshare.__file__).resolve().parent),
         "config": {"quick": quick, **asdict(shape), "dtype": "float32"},
         "goal": f"peak extra RssAnon during the load < {GOAL:.4f} x the file size",
         "runs": runs,
@@ -218,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     result = benchmark(shape, args.quick)
     print(
         f"torch {result['torch']}, safetensors {result['safetensors']}, "
-        f"weightshare from {result['weightshare_path']}"
+        f"weightshare {result['weightshare']} from "
+        f"{Path(weightshare.__file__).resolve().parent}"
     )
     for run in result["runs"]:
         print(
