@@ -209,9 +209,9 @@ plt.show()
 # the layers of :class:`~torch.nn.Transformer`: an attention block has four d×d
 # projections with biases, a feed-forward block two layers, a LayerNorm a scale and a
 # shift, and each stack ends in one more LayerNorm. Untying adds two V×d matrices.
-# :func:`weightshare.count_parameters` counts each parameter object once (all of them train here) and
-# also what a naive sum over ``state_dict()`` reports, where the tied matrix appears
-# under all three of its names.
+# :func:`weightshare.count_parameters` counts each parameter object once (here all
+# of them train) and also what a naive sum over ``state_dict()`` reports, where the
+# tied matrix appears under all three of its names.
 untied = build(tie=False)
 count_tied = weightshare.count_parameters(tied)
 count_untied = weightshare.count_parameters(untied)
