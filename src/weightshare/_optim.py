@@ -91,15 +91,16 @@ def param_groups(
         The model whose parameters to group.
     weight_decay : float
         The decay of the first group; the second group gets 0.0.
-    no_decay : callable, optional
-        ``no_decay(name, module, param) -> bool``, True for a parameter that must
+    no_decay : ``Callable[[str, Module, Parameter], bool]``, optional
+        ``no_decay(name, module, param)``, True for a parameter that must
         not decay, where ``module`` holds ``param`` under the last part of
         ``name``. By default, parameters of fewer than two dimensions (biases and
         normalisation scales) do not decay, and all others do.
-    tied : {"error", "decay", "no_decay"}, default "error"
-        What to do when ``no_decay`` answers differently for two names of one
-        parameter: raise a ``ValueError`` that names them, or put the parameter
-        in the decay or in the no-decay group.
+    tied : str, default "error"
+        One of ``"error"``, ``"decay"`` or ``"no_decay"``: what to do when
+        ``no_decay`` answers differently for two names of one parameter: raise a
+        ``ValueError`` that names them, or put the parameter in the decay or in
+        the no-decay group.
 
     Returns
     -------
