@@ -163,14 +163,15 @@ doubled = merged.model.embed_tokens.weight.detach() - original
 # ``modules_to_save`` copies: two matrices, and the reload overwrite is history
 # ------------------------------------------------------------------------------
 # ``modules_to_save=["embed_tokens", "lm_head"]`` trains full copies of both layers,
-# and each layer gets *its own* copy: the tie is gone during training and the two
-# drift apart. Users then found the trained head overwritten by the embedding after
-# merging, saving and reloading, because the saved config still said
-# ``tie_word_embeddings=True``
+# and each layer gets *its own* copy
+# (`peft#1750 <https://github.com/huggingface/peft/issues/1750>`_): the tie is gone
+# during training and the two drift apart. Users then found the trained head
+# overwritten by the embedding after merging, saving and reloading, because the
+# saved config still said ``tie_word_embeddings=True``
 # (`peft#2777 <https://github.com/huggingface/peft/issues/2777>`_,
-# `peft#1750 <https://github.com/huggingface/peft/issues/1750>`_). On peft 0.21.2
-# the merge notices that the two differ and clears the flag, so that no longer
-# happens:
+# `transformers#45127 <https://github.com/huggingface/transformers/issues/45127>`_).
+# On peft 0.21.2 the merge notices that the two differ and clears the flag, so that
+# no longer happens:
 copies, trained_copies = finetune(
     tiny_llama(), modules_to_save=["embed_tokens", "lm_head"], target_modules=["q_proj"]
 )

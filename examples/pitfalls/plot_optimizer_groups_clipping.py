@@ -153,9 +153,9 @@ listed_once = clip(weightshare.unique_parameters(params))
 # >>> listed_once
 # (20.0, 0.5)
 #
-# Megatron-LM met the √2 at scale: with pipeline parallelism the tied weight lives
-# on two stages as two copies, and both were summed into the norm
-# (`Megatron-LM#7228 <https://github.com/NVIDIA/Megatron-LM/pull/7228>`_).
+# The same √2 appears at scale: with pipeline parallelism the tied weight lives on
+# two stages as two copies, and a norm that sums both reads √2 too large and
+# over-clips (`Megatron-LM#7228 <https://github.com/NVIDIA/Megatron-LM/pull/7228>`_).
 fig, ax = plt.subplots(figsize=(4, 3))
 labels = ["listed once", "listed twice"]
 values = [listed_once[1], listed_twice[1]]

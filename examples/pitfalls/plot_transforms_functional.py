@@ -2,15 +2,16 @@
 Transformations and functional calls
 ====================================
 
-*"After weight_norm the embedding no longer follows the output layer"*, *"the
-quantized model is bigger than expected"*, *"functional_call got multiple values for
-keys ... which are tied"*. Tools that rewrite a module act on one module at a time,
-so on one side of a tie. This page applies each to one side of a tied embedding and
-output layer and shows, in one short cell each, whether the tie survives:
-:func:`~torch.nn.utils.parametrizations.weight_norm` unties, pruning unties until
-:func:`~torch.nn.utils.prune.remove` prunes both sides, dynamic quantisation unties,
-:func:`~torch.func.functional_call` and :func:`~torch.export.export` keep the tie,
-and a tensor hook on the shared weight fires once with the total gradient.
+*"After weight_norm the embedding no longer follows the output layer"*,
+*"functional_call got multiple values for keys ... which are tied"*, *"my hook on the
+embedding sees the output layer's gradient too"*. Tools that rewrite a module act on
+one module at a time, so on one side of a tie. This page applies each to one side of
+a tied embedding and output layer and shows, in one short cell each, whether the tie
+survives: :func:`~torch.nn.utils.parametrizations.weight_norm` unties, pruning
+unties until :func:`~torch.nn.utils.prune.remove` prunes both sides, dynamic
+quantisation unties, :func:`~torch.func.functional_call` and
+:func:`~torch.export.export` keep the tie, and a tensor hook on the shared weight
+fires once with the total gradient.
 """
 
 # %%
@@ -159,7 +160,9 @@ except ValueError as err:
 # :func:`~torch.export.export` (non-strict, the default on torch 2.13) keeps both
 # names: the graph signature has a parameter input per name and the state dict a key
 # per name, both holding the one tensor. The graph reads the tensor through one
-# input only, and the exported module is tied again.
+# input only, and the exported module is tied again. (ONNX export is another matter:
+# users found tied weights stored twice when constant folding transposed one side,
+# `pytorch#108342 <https://github.com/pytorch/pytorch/issues/108342>`_.)
 program = torch.export.export(model, (x,))
 kinds = program.graph_signature.input_specs
 used = [node.name for node in program.graph.find_nodes(op="placeholder") if node.users]
