@@ -101,7 +101,14 @@ def _pins(*names: str) -> list[str]:
 
 
 weightshare_run_requirements = _pins(
-    "torch", "matplotlib", "scikit-learn", "torchviz", "graphviz", "transformers"
+    "torch",
+    "matplotlib",
+    "scikit-learn",
+    "torchviz",
+    "graphviz",
+    "transformers",
+    "safetensors",
+    "peft",
 )
 weightshare_wheel_project = ROOT
 WHEEL = f"weightshare-{release}-py3-none-any.whl"

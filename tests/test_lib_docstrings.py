@@ -15,6 +15,7 @@ MODULES = [
     "weightshare._grad",
     "weightshare._groups",
     "weightshare._guard",
+    "weightshare._optim",
     "weightshare._tie",
     "weightshare.models",
 ]

@@ -6,8 +6,9 @@ such ties (:func:`shared_groups`, :func:`storage_aliases`,
 :func:`count_parameters`), makes and undoes them by name (:func:`tie`,
 :func:`untie`, :func:`retie`), splits a shared gradient into one term per use
 (:func:`grad_contributions`), notices when a tie silently breaks
-(:class:`TieGuard`), and saves checkpoints that keep ties (:func:`save`,
-:func:`load`).
+(:class:`TieGuard`), saves checkpoints that keep ties (:func:`save`,
+:func:`load`), and builds optimizer groups that hold a shared parameter once
+(:func:`param_groups`, :func:`unique_parameters`).
 
 Examples
 --------
@@ -34,6 +35,7 @@ from ._errors import (
 from ._grad import grad_contributions
 from ._groups import is_tied, shared_groups, storage_aliases
 from ._guard import TieGuard
+from ._optim import param_groups, unique_parameters
 from ._tie import retie, tie, untie
 
 __version__ = "0.1.0"
@@ -51,11 +53,13 @@ __all__ = [
     "grad_contributions",
     "is_tied",
     "load",
+    "param_groups",
     "retie",
     "save",
     "shared_groups",
     "storage_aliases",
     "tie",
     "training_state_bytes",
+    "unique_parameters",
     "untie",
 ]
