@@ -85,6 +85,26 @@ def test_every_example_has_its_own_thumbnail(built_site: Path) -> None:
 
 
 @pytest.mark.slow
+def test_no_page_shows_a_plotting_calls_return_value(built_site: Path) -> None:
+    # A cell that ends in ``ax.set_title(...)`` shows "Text(0.5, 1.0, ...)".
+    leak = re.compile(r"&lt;matplotlib\.|\bText\(0\.5, |\[&lt;matplotlib")
+    for page in sorted(built_site.glob("auto_examples/*/plot_*.html")):
+        found = leak.search(page.read_text())
+        assert found is None, f"{page.name} shows {found.group(0)!r}"
+
+
+def test_the_offered_wheel_holds_the_library_only(built_site: Path) -> None:
+    import zipfile
+
+    (wheel,) = (built_site / "_downloads").rglob("weightshare-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        modules = {
+            name for name in archive.namelist() if name.startswith("weightshare/")
+        }
+    assert "weightshare/models.py" in modules
+    assert not any("gallery" in name or "sphinx" in name for name in modules)
+
+
 def test_pytorch_names_link_to_pytorchs_docs(built_site: Path) -> None:
     api = (built_site / "api.html").read_text()
     torch_docs = "https://docs.pytorch.org/docs/stable/"

@@ -508,6 +508,19 @@ def test_build_wheel_builds_once_and_again_after_a_change(tmp_path: Path) -> Non
     assert (tmp_path / "_wheel" / app.env.weightshare_wheel).is_file()
 
 
+def test_a_module_deleted_from_src_leaves_the_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    project = _project(tmp_path)
+    extra = project / "src" / "tinypkg" / "extra.py"
+    extra.write_text("X = 1\n")
+    first = gallery_downloads.build_wheel(project, tmp_path / "out")
+    assert "tinypkg/extra.py" in zipfile.ZipFile(first).namelist()
+    extra.unlink()  # no remaining file gets newer: only the set of files changes
+    second = gallery_downloads.build_wheel(project, tmp_path / "out")
+    assert "tinypkg/extra.py" not in zipfile.ZipFile(second).namelist()
+
+
 def test_build_wheel_failure_shows_pips_output(tmp_path: Path) -> None:
     project = _project(tmp_path)
     (project / "pyproject.toml").write_text("[project\nbroken")

@@ -11,7 +11,9 @@ sphinx-gallery copies the prose into them as it is.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,26 +26,34 @@ __version__ = "1.0"
 _PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+")
 
 
-def _newest_mtime(project: Path) -> float:
-    """The newest modification time of the files ``project``'s wheel is built from."""
+def _sources_key(project: Path) -> str:
+    """A digest of the files ``project``'s wheel is built from: names and mtimes.
+
+    A file added, changed or deleted changes it; ``__pycache__``, ``build`` and
+    ``*.egg-info`` (written by imports and builds, not sources) do not.
+    """
     files = [project / "pyproject.toml", *(project / "src").rglob("*")]
-    built = {"__pycache__", "build"}  # written by imports and builds, not sources
-    return max(
-        f.stat().st_mtime
+    built = {"__pycache__", "build"}
+    lines = sorted(
+        f"{f.relative_to(project).as_posix()}:{f.stat().st_mtime_ns}"
         for f in files
         if f.is_file()
         and not built.intersection(f.relative_to(project).parts)
         and not any(p.endswith(".egg-info") for p in f.relative_to(project).parts)
     )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def build_wheel(project: str | Path, dest: str | Path) -> Path:
     """Build the wheel of ``project`` into ``dest``; reuse it while it is up to date.
 
-    A wheel already in ``dest`` is kept when no file of ``project/src`` or its
-    ``pyproject.toml`` is newer, so a rebuild with nothing changed costs nothing.
-    The wheel is built with the running Python's pip, without build isolation (the
-    build backend must be installed) and without dependencies.
+    A wheel already in ``dest`` is kept while the files of ``project/src`` and its
+    ``pyproject.toml`` are the ones it was built from (none added, changed or
+    deleted), so a rebuild with nothing changed costs nothing. The wheel is built
+    with the running Python's pip, without build isolation (the build backend must
+    be installed) and without dependencies, after removing setuptools' ``build/``
+    folder: setuptools copies modules there and never deletes one, so a module
+    removed from ``src/`` would otherwise still ship in the wheel.
 
     Raises
     ------
@@ -52,11 +62,13 @@ def build_wheel(project: str | Path, dest: str | Path) -> Path:
     """
     project, dest = Path(project), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    key, stamp = _sources_key(project), dest / "sources.sha256"
     wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) == 1 and wheels[0].stat().st_mtime >= _newest_mtime(project):
+    if len(wheels) == 1 and stamp.is_file() and stamp.read_text() == key:
         return wheels[0]
     for old in wheels:
         old.unlink()
+    shutil.rmtree(project / "build", ignore_errors=True)
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps"]
     command += ["--no-build-isolation", "--disable-pip-version-check", "--quiet"]
     command += ["--wheel-dir", str(dest), str(project)]
@@ -67,6 +79,7 @@ def build_wheel(project: str | Path, dest: str | Path) -> Path:
             f"Building the wheel of {project} failed (pip exit {done.returncode}):\n"
             f"{done.stdout}{done.stderr}"
         )
+    stamp.write_text(key)
     return wheels[0]
 
 

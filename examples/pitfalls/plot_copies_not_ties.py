@@ -133,6 +133,7 @@ ax.set_ylabel("max |encᵀ − dec|")
 ax.set_title("Drift after one SGD step")
 ax.margins(y=0.15)
 ax.legend()
+plt.show()
 
 # %%
 # >>> [round(drift[label, torch.float32], 4) for label in constructions]

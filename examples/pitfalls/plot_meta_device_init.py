@@ -185,6 +185,7 @@ bars = ax.bar(list(routes), [distance(net) for net in routes.values()], color=co
 ax.bar_label(bars, fmt="{:.2f}")
 ax.set_ylabel("max |W − W of tied model|")
 ax.set_title("One Adam step after building on the meta device")
+plt.show()
 
 # %%
 # >>> fixed_guard.broken()

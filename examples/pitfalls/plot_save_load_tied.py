@@ -131,6 +131,7 @@ ax.bar_label(bars, fmt="{:.3f}")
 ax.set_xlabel("key in the checkpoint")
 ax.set_ylabel("max |loaded − saved|")
 ax.set_title("load_state_dict: lm_head.weight silently wins")
+plt.show()
 
 # %%
 # The shared tensor now holds the checkpoint's ``lm_head.weight``; the fine-tuned
