@@ -12,10 +12,12 @@ MODULES = [
     "weightshare._checkpoint",
     "weightshare._count",
     "weightshare._errors",
+    "weightshare._fsdp",
     "weightshare._grad",
     "weightshare._groups",
     "weightshare._guard",
     "weightshare._tie",
+    "weightshare.distributed",
     "weightshare.gallery",
     "weightshare.models",
 ]

@@ -6,8 +6,10 @@ such ties (:func:`shared_groups`, :func:`storage_aliases`,
 :func:`count_parameters`), makes and undoes them by name (:func:`tie`,
 :func:`untie`, :func:`retie`), splits a shared gradient into one term per use
 (:func:`grad_contributions`), notices when a tie silently breaks
-(:class:`TieGuard`), and saves checkpoints that keep ties (:func:`save`,
-:func:`load`).
+(:class:`TieGuard`), saves checkpoints that keep ties (:func:`save`,
+:func:`load`), and groups tied modules for FSDP2 (:func:`fsdp_units`).
+:mod:`weightshare.distributed` runs a function in several processes and checks
+ties across them.
 
 Examples
 --------
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
         TieError,
         UnknownNameError,
     )
+    from ._fsdp import fsdp_units
     from ._grad import grad_contributions
     from ._groups import is_tied, shared_groups, storage_aliases
     from ._guard import TieGuard
@@ -56,6 +59,7 @@ _HOMES = {
     "NotAParameterError": "_errors",
     "TieError": "_errors",
     "UnknownNameError": "_errors",
+    "fsdp_units": "_fsdp",
     "grad_contributions": "_grad",
     "is_tied": "_groups",
     "shared_groups": "_groups",
@@ -92,6 +96,7 @@ __all__ = [
     "UnknownNameError",
     "checkpoint_groups",
     "count_parameters",
+    "fsdp_units",
     "grad_contributions",
     "is_tied",
     "load",
