@@ -74,8 +74,8 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
-def record_then_allreduce(log: list[tuple[int, int]], bucket: dist.GradBucket):
-    """A DDP comm hook: note (elements, tensors) of the bucket, then all-reduce it."""
+def record_then_allreduce(log: list[tuple[int, int]], bucket):
+    """A DDP comm hook: note (elements, tensors) of a GradBucket, then all-reduce it."""
     log.append((bucket.buffer().numel(), len(bucket.parameters())))
     return allreduce_hook(None, bucket)  # the default: sum, divide by world size
 

@@ -127,12 +127,12 @@ def run(
 
     Parameters
     ----------
-    worker : callable
+    worker : ``Callable[..., T]``
         Called as ``worker(*args)`` on every rank. Its return value must be
         picklable (numbers, strings, lists, dicts, tensors).
     nprocs : int, default 2
         How many processes (ranks) to start.
-    args : sequence, default ()
+    args : ``Sequence``, default ()
         Positional arguments for ``worker``, the same on every rank.
     timeout : float, default 60.0
         Seconds the whole run may take; also the process group's timeout.
@@ -208,7 +208,7 @@ def rank_spread(
     ----------
     tensors : :class:`torch.nn.Module` or iterable of :class:`torch.Tensor`
         A model, or the tensors to compare.
-    group : ProcessGroup, optional
+    group : ``ProcessGroup``, optional
         The ranks to compare; the default group when None.
 
     Returns
@@ -269,7 +269,7 @@ def all_reduce_tied_grads(params: Iterable[torch.Tensor], group: Any = None) -> 
     ----------
     params : iterable of :class:`torch.Tensor`
         This rank's copies of the weights tied across ranks.
-    group : ProcessGroup, optional
+    group : ``ProcessGroup``, optional
         The ranks that hold copies (e.g. ``torch.distributed.new_group([0, last])``);
         the default group when None.
 
