@@ -105,6 +105,7 @@ def test_bad_arguments() -> None:
 
 def fail_on_rank_1(folder: str) -> None:
     record_pid(folder)
+    dist.barrier()  # both pids are on disk before anything fails
     if dist.get_rank() == 1:
         print("rank 1 is about to fail")
         raise KeyError("no batch for rank 1")
@@ -150,6 +151,29 @@ def test_a_rank_that_dies_without_a_traceback(how: str, ending: str) -> None:
     assert multiprocessing.active_children() == []
 
 
+def fail_in_turn(how: str) -> None:
+    if dist.get_rank() == 0:
+        raise ValueError("rank 0 fails first")
+    time.sleep(0.1)
+    if how == "exit":
+        os._exit(3)
+    raise ValueError("rank 1 fails later")
+
+
+def test_the_first_exception_is_reported() -> None:
+    with pytest.raises(wsd.RankFailedError, match="rank 0 fails first") as info:
+        wsd.run(fail_in_turn, nprocs=2, args=("raise",))
+    assert info.value.rank == 0
+
+
+def test_a_process_that_died_is_reported_before_exceptions() -> None:
+    # A rank that dies takes its peers' collectives down with it: their errors are
+    # consequences, so the death is the one to report, even when it came later.
+    with pytest.raises(wsd.RankFailedError, match="exit code 3") as info:
+        wsd.run(fail_in_turn, nprocs=2, args=("exit",))
+    assert info.value.rank == 1
+
+
 def unpicklable() -> object:
     return lambda: None
 
@@ -161,6 +185,7 @@ def test_a_result_that_cannot_be_sent() -> None:
 
 def hang(folder: str) -> None:
     record_pid(folder)
+    dist.barrier()  # both pids are on disk
     if dist.get_rank() == 0:
         dist.barrier()  # rank 1 never joins it
     time.sleep(120)
@@ -256,9 +281,11 @@ def test_rank_main_reports_success_and_errors(one_rank_env: None) -> None:
     def fails() -> None:
         raise RuntimeError
 
-    kind, error, details = wsd._rank_main(fails, (), 0, 1, 30.0)
+    before = time.time()
+    kind, error, details, when = wsd._rank_main(fails, (), 0, 1, 30.0)
     assert (kind, error) == ("error", "RuntimeError")
     assert "in fails" in details
+    assert before <= when <= time.time()
 
 
 def test_rank_spread_and_tied_grads_in_one_rank(one_rank_env: None) -> None:

@@ -3,13 +3,13 @@ DDP with a tied model
 =====================
 
 :class:`~torch.nn.parallel.DistributedDataParallel` (DDP) trains a copy of the model
-in each process and averages the gradients between them after every backward pass.
+in each process and averages the gradients between them during every backward pass.
 A tied weight is one :class:`~torch.nn.Parameter`, so DDP registers it once and
 all-reduces it once per step, and every rank keeps the tie. This page starts two
 real processes on this machine, trains a tied GPT in both, and checks three facts:
 the tie holds on every rank, the ranks hold identical weights, and they equal a
-single process trained on the whole batch. Then it shows the one failure DDP has with
-a shared *layer*, ``Expected to mark a variable ready only once``, and both fixes.
+single process trained on the whole batch. Then it shows the error DDP is known for
+with a shared *layer*, ``Expected to mark a variable ready only once``, and two fixes.
 """
 
 # %%
@@ -166,11 +166,9 @@ class SharedTwice(nn.Module):
     def __init__(self, use_reentrant: bool) -> None:
         super().__init__()
         self.use_reentrant = use_reentrant
-        self.inp, self.shared, self.head = (
-            nn.Linear(8, 8),
-            nn.Linear(8, 8),
-            nn.Linear(8, 1),
-        )
+        self.inp = nn.Linear(8, 8)
+        self.shared = nn.Linear(8, 8)  # applied twice
+        self.head = nn.Linear(8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.inp(x)
@@ -181,10 +179,16 @@ class SharedTwice(nn.Module):
 
 def train_checkpointed(use_reentrant: bool, static_graph: bool) -> dict[str, object]:
     torch.manual_seed(0)
-    model = SharedTwice(use_reentrant)
-    ddp = DDP(model, find_unused_parameters=not static_graph, static_graph=static_graph)
+    device = wsd.device()
+    model = SharedTwice(use_reentrant).to(device)
+    ddp = DDP(
+        model,
+        device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=not static_graph,
+        static_graph=static_graph,
+    )
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    x = torch.randn(4, 8)
+    x = torch.randn(4, 8, device=device)
     try:
         for _ in range(2):
             optimizer.zero_grad()

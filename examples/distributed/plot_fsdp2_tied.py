@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 import weightshare as ws
@@ -55,7 +55,7 @@ def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
 
 
-def mesh():
+def mesh() -> DeviceMesh:
     """All ranks in one dimension, on this rank's device type."""
     return init_device_mesh(wsd.device().type, (dist.get_world_size(),))
 
@@ -68,9 +68,10 @@ def mesh():
 # ``lm_head`` makes two of them out of the one tied weight, so the tie is already
 # gone when the calls return. Before PyTorch 2.13 training then went on with two
 # separate weights (`lingua#75 <https://github.com/facebookresearch/lingua/pull/75>`_
-# found it when reloading without FSDP); PyTorch 2.13 refuses at the first forward
-# pass (`pytorch#176225 <https://github.com/pytorch/pytorch/pull/176225>`_,
-# `accelerate#4171 <https://github.com/huggingface/accelerate/pull/4171>`_).
+# found it when reloading without FSDP). PyTorch 2.13 checks for it and refuses at
+# the first forward pass, which stopped tied models such as Llama-3.2, Qwen3 and
+# Gemma in Hugging Face Accelerate until
+# `accelerate#4171 <https://github.com/huggingface/accelerate/pull/4171>`_.
 def shard_one_by_one() -> dict[str, object]:
     model, ranks = make_model().to(wsd.device()), mesh()
     for module in [model.wte, *model.blocks, model.lm_head]:
@@ -123,7 +124,9 @@ def sharded_model_and_optimizer() -> tuple[GPT, torch.optim.Optimizer]:
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
 
 
-def train_steps(model: GPT, optimizer, steps: torch.Tensor) -> list[float]:
+def train_steps(
+    model: GPT, optimizer: torch.optim.Optimizer, steps: torch.Tensor
+) -> list[float]:
     rank, world = dist.get_rank(), dist.get_world_size()
     losses = []
     for tokens in steps:
@@ -259,7 +262,8 @@ ax.set_xticks(list(steps))
 ax.set_xlabel("step")
 ax.set_ylabel("loss")
 ax.set_title("A tied GPT under FSDP2")
-ax.legend()
+ax.set_ylim(top=max(reference_losses) + 0.06)  # room for the legend
+ax.legend(loc="upper right", fontsize=8)
 fig.tight_layout()
 
 # %%

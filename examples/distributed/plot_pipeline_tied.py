@@ -123,13 +123,13 @@ def train_pipeline(sync: bool) -> dict[str, object]:
 
 synced = wsd.run(train_pipeline, nprocs=2, args=(True,), timeout=60)
 unsynced = wsd.run(train_pipeline, nprocs=2, args=(False,), timeout=60)
-print("largest difference between the copies, before and after each step")
-print("with the all-reduce:   ", [f"{d:.1e}" for d in synced[0]["drift"]])
-print("without the all-reduce:", [f"{d:.1e}" for d in unsynced[0]["drift"]])
+drift = [f"{d:.1e}" for d in unsynced[0]["drift"]]
+print(f"difference between the copies without the all-reduce: {drift}")
 
 # %%
-# With the all-reduce the copies are equal to the last bit after every step; without
-# it they differ after the first:
+# Each run recorded the largest difference between the two copies before training and
+# after each step. With the all-reduce the copies are equal to the last bit after every
+# step; without it they differ after the first:
 #
 # >>> synced[0]["drift"]
 # [0.0, 0.0, 0.0, 0.0]
@@ -168,11 +168,15 @@ def gap_to_reference(results: list[dict[str, object]]) -> float:
 loss_gap = max(
     abs(a - b) for a, b in zip(synced[1]["losses"], reference_losses, strict=True)
 )
-print(f"with the all-reduce: losses within {loss_gap:.1e},", end=" ")
-print(f"weights within {gap_to_reference(synced):.1e} of the tied model")
-print(f"without it: weights {gap_to_reference(unsynced):.1e} away")
+for label, results in [("with the all-reduce", synced), ("without it", unsynced)]:
+    print(
+        f"{label}: the weights are {gap_to_reference(results):.1e} from the tied model"
+    )
 
 # %%
+# The losses agree within 1e-5 and the weights within 1e-6 with the all-reduce; without
+# it, the weights are far off:
+#
 # >>> loss_gap < 1e-5, gap_to_reference(synced) < 1e-6
 # (True, True)
 # >>> gap_to_reference(unsynced) > 1e-3

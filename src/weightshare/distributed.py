@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import multiprocessing
 import os
 import pickle
@@ -34,7 +35,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -50,6 +51,8 @@ T = TypeVar("T")
 #: Seconds a finished rank may take to leave its process group and exit before it is
 #: killed, and that :func:`run` waits for a killed rank to be gone.
 GRACE = 5.0
+#: Seconds the other ranks may take to report after a first rank has failed.
+FAILURE_GRACE = 0.5
 _LOG_TAIL = 20  # lines of a rank's output quoted when it dies without a traceback
 
 
@@ -61,7 +64,8 @@ class RankFailedError(RuntimeError):
     Attributes
     ----------
     rank : int
-        The rank that failed first.
+        The rank that failed: one whose process died, if any (the others' errors
+        then follow from it), else the one that raised first.
     error : str
         Its exception as ``"Type: message"``, or how the process ended.
     details : str
@@ -369,29 +373,63 @@ def _run_forked(
 
 
 def _collect(ranks: list[_Rank], timeout: float) -> list[Any]:
-    """Each rank's result, in rank order; raise as soon as a rank fails."""
+    """Each rank's result, in rank order; raise soon after a rank fails.
+
+    When a rank fails, the others often fail a moment later because a peer left
+    their collective. So the ranks get :data:`FAILURE_GRACE` seconds to report, and
+    the error names the first failure: a process that died without a traceback,
+    else the earliest exception.
+    """
     deadline = time.monotonic() + timeout
     results: dict[int, Any] = {}
-    while len(results) < len(ranks):
-        waiting = [r for r in ranks if r.rank not in results]
+    failures: list[_Failure] = []
+    waiting = list(ranks)
+    while waiting:
+        if failures:
+            deadline = min(deadline, failures[0].seen + FAILURE_GRACE)
         handles = [r.reader for r in waiting] + [r.process.sentinel for r in waiting]
         left = deadline - time.monotonic()
         ready = wait(handles, timeout=left) if left > 0 else []
         if not ready:
-            running = [r.rank for r in waiting]
-            raise TimeoutError(
-                f"ranks {running} had not returned after timeout={timeout} s and were "
-                "stopped; a rank may be waiting in a collective that another rank "
-                "never calls, or the work needs a longer timeout"
-            )
-        for r in waiting:
-            if r.reader in ready or r.process.sentinel in ready:
-                results[r.rank] = _receive(r)
+            break
+        for r in [r for r in waiting if {r.reader, r.process.sentinel} & set(ready)]:
+            waiting.remove(r)
+            outcome = _receive(r)
+            if isinstance(outcome, _Failure):
+                failures.append(outcome)
+            else:
+                results[r.rank] = outcome.value
+    if failures:
+        first = min(failures, key=lambda f: (f.when, f.rank))
+        raise RankFailedError(first.rank, first.error, first.details)
+    if waiting:
+        running = [r.rank for r in waiting]
+        raise TimeoutError(
+            f"ranks {running} had not returned after timeout={timeout} s and were "
+            "stopped; a rank may be waiting in a collective that another rank "
+            "never calls, or the work needs a longer timeout"
+        )
     return [results[rank] for rank in range(len(ranks))]
 
 
-def _receive(r: _Rank) -> Any:
-    """The result a rank sent, or raise the error it sent or died of."""
+@dataclass
+class _Result:
+    value: Any
+
+
+@dataclass
+class _Failure:
+    """How a rank failed; ``when`` orders failures (-inf: died without a word)."""
+
+    rank: int
+    error: str
+    details: str
+    when: float
+    seen: float = field(default_factory=time.monotonic)
+
+
+def _receive(r: _Rank) -> _Result | _Failure:
+    """What a rank sent: its result or its error; or how its process ended."""
     message: tuple[Any, ...] | None = None
     if r.reader.poll():
         with contextlib.suppress(EOFError):
@@ -403,12 +441,11 @@ def _receive(r: _Rank) -> Any:
             how = f"killed by {signal.Signals(-code).name}"
         else:
             how = f"exit code {code}"
-        raise RankFailedError(
-            r.rank, f"its process ended ({how}) before returning a result", _tail(r.log)
-        )
+        error = f"its process ended ({how}) before returning a result"
+        return _Failure(r.rank, error, _tail(r.log), -math.inf)
     if message[0] == "error":
-        raise RankFailedError(r.rank, message[1], message[2])
-    return message[1]
+        return _Failure(r.rank, message[1], message[2], message[3])
+    return _Result(message[1])
 
 
 def _tail(path: str) -> str:
@@ -449,7 +486,8 @@ def _rank_main(
 
     The environment names the rendezvous (``MASTER_ADDR``, ``MASTER_PORT``). A
     successful rank waits at a barrier for the others before it leaves the group,
-    so rank 0, which serves the group's store, is the last to go.
+    so that none leaves while another still talks to it (rank 0 also serves the
+    group's store). An error message carries the time of the failure.
     """
     import torch.distributed as dist
 
@@ -464,7 +502,7 @@ def _rank_main(
         error = (
             f"{type(err).__qualname__}: {err}" if str(err) else type(err).__qualname__
         )
-        message = ("error", error, traceback.format_exc())
+        message = ("error", error, traceback.format_exc(), time.time())
     return message
 
 
@@ -501,7 +539,8 @@ def _child(  # pragma: no cover - runs in the forked ranks (tests/test_distribut
         # share their memory with the parent through this process, which exits now.
         data = pickle.dumps(message)
     except Exception as err:  # e.g. a result that cannot be pickled
-        data = pickle.dumps(("error", f"could not send the result: {err}", ""))
+        failure = ("error", f"could not send the result: {err}", "", time.time())
+        data = pickle.dumps(failure)
     writer.send_bytes(data)
     writer.close()
 
