@@ -2,8 +2,9 @@
 
 :func:`run` starts ``nprocs`` processes on this machine, joins them into one process
 group (the gloo backend, on CPU), calls the same function in each and returns what
-each rank returned, in rank order. When a rank raises, the others are stopped at
-once and :class:`RankFailedError` names the rank and carries its traceback. Started
+each rank returned, in rank order. When a rank raises, the others are stopped
+within seconds and :class:`RankFailedError` names the rank and carries its
+traceback; a timeout stops them all. Started
 under ``torchrun`` instead, :func:`run` calls the function in the current process,
 in torchrun's group (NCCL and one GPU per process when there are enough GPUs), so
 one script serves both. :func:`rank_spread` checks that the ranks hold equal
@@ -117,8 +118,8 @@ def run(
     ``MASTER_ADDR``, ``MASTER_PORT`` on a free port chosen now) and
     ``OMP_NUM_THREADS=1``, uses one thread, and joins the gloo process group before
     ``worker`` is called. What a rank prints goes to a log file, quoted in the error
-    if that rank dies. Before forking, this imports ``torch._dynamo`` (about
-    2 s, once per process), which
+    if that rank dies without a traceback. Before forking, this imports
+    ``torch._dynamo`` (1 to 2 s, once per process), which
     :class:`~torch.nn.parallel.DistributedDataParallel` imports on construction:
     imported here, it is shared by the ranks instead of imported by each.
 
