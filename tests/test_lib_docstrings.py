@@ -12,11 +12,13 @@ MODULES = [
     "weightshare._checkpoint",
     "weightshare._count",
     "weightshare._errors",
+    "weightshare._fsdp",
     "weightshare._grad",
     "weightshare._groups",
     "weightshare._guard",
     "weightshare._optim",
     "weightshare._tie",
+    "weightshare.distributed",
     "weightshare.models",
 ]
 

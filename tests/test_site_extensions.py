@@ -362,6 +362,14 @@ def test_run_cell_shows_prints_then_the_last_value_like_sphinx_gallery() -> None
     assert gallery_doctest.run_cell("None", "c.py", {}) == ""
 
 
+def test_run_cell_evaluates_annotations_as_the_page_does() -> None:
+    # gallery_doctest.py itself postpones annotations; a cell's must stay objects, as when
+    # sphinx-gallery runs it (DDP's register_comm_hook checks one at run time).
+    namespace: dict[str, Any] = {}
+    gallery_doctest.run_cell("def hook(bucket: int) -> None: ...", "c.py", namespace)
+    assert namespace["hook"].__annotations__ == {"bucket": int, "return": None}
+
+
 def test_run_cell_shows_no_text_for_graphs_or_html_reprs() -> None:
     class Html:
         def _repr_html_(self) -> str:

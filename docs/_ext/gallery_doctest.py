@@ -153,10 +153,13 @@ def run_cell(
     buffer = io.StringIO()
     value = None
     with contextlib.redirect_stdout(buffer):
-        exec(compile(tree, filename, "exec"), namespace)
+        # dont_inherit: this module's `from __future__ import annotations` must not
+        # turn the cell's annotations into strings (sphinx-gallery does not either).
+        exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
         if isinstance(last, ast.Expr):
             expression = ast.Expression(last.value)
-            value = eval(compile(expression, filename, "eval"), namespace)
+            code_object = compile(expression, filename, "eval", dont_inherit=True)
+            value = eval(code_object, namespace)
     shown = buffer.getvalue()
     if isinstance(last, ast.Expr):
         text = _shown_repr(value, capture_repr, ignore_repr_types)

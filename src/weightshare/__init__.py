@@ -7,8 +7,10 @@ such ties (:func:`shared_groups`, :func:`storage_aliases`,
 :func:`untie`, :func:`retie`), splits a shared gradient into one term per use
 (:func:`grad_contributions`), notices when a tie silently breaks
 (:class:`TieGuard`), saves checkpoints that keep ties (:func:`save`,
-:func:`load`), and builds optimizer groups that hold a shared parameter once
-(:func:`param_groups`, :func:`unique_parameters`).
+:func:`load`), builds optimizer groups that hold a shared parameter once
+(:func:`param_groups`, :func:`unique_parameters`), and groups tied modules for
+FSDP2 (:func:`fsdp_units`). :mod:`weightshare.distributed` runs a function in
+several processes and checks ties across them.
 
 Examples
 --------
@@ -32,6 +34,7 @@ from ._errors import (
     TieError,
     UnknownNameError,
 )
+from ._fsdp import fsdp_units
 from ._grad import grad_contributions
 from ._groups import is_tied, shared_groups, storage_aliases
 from ._guard import TieGuard
@@ -50,6 +53,7 @@ __all__ = [
     "UnknownNameError",
     "checkpoint_groups",
     "count_parameters",
+    "fsdp_units",
     "grad_contributions",
     "is_tied",
     "load",

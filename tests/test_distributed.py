@@ -1,0 +1,400 @@
+"""weightshare.distributed: real processes, real gloo collectives, no mocks.
+
+A failing rank must be reported by rank and message, with no process left behind
+within 30 s; a hung run must end at its timeout. The FSDP2 units of
+weightshare.fsdp_units are sharded for real here too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import weightshare as ws
+import weightshare.distributed as wsd
+from weightshare.models import GPT, GPTConfig
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def pids_in(folder: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(folder.glob("*.pid"))]
+
+
+def record_pid(folder: str) -> None:
+    Path(folder, f"{dist.get_rank()}.pid").write_text(str(os.getpid()))
+
+
+def assert_all_gone(pids: list[int], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if alive(pid)]
+    assert multiprocessing.active_children() == []
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+def rank_env() -> dict[str, object]:
+    return {
+        "rank": dist.get_rank(),
+        "world": dist.get_world_size(),
+        "env": [os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")],
+        "omp": os.environ["OMP_NUM_THREADS"],
+        "threads": torch.get_num_threads(),
+        "port": int(os.environ["MASTER_PORT"]),
+    }
+
+
+def test_results_come_back_in_rank_order() -> None:
+    results = wsd.run(rank_env, nprocs=3)
+    assert [r["rank"] for r in results] == [0, 1, 2]
+    assert [r["env"] for r in results] == [[str(i), str(i), "3"] for i in range(3)]
+    assert {(r["world"], r["omp"], r["threads"]) for r in results} == {(3, "1", 1)}
+    assert multiprocessing.active_children() == []
+    # Nothing listens on the rendezvous port any more.
+    port = results[0]["port"]
+    assert isinstance(port, int)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
+def scale(x: float, y: float) -> float:
+    return x * y + dist.get_rank()
+
+
+def test_args_reach_every_rank() -> None:
+    assert wsd.run(scale, nprocs=2, args=(3.0, 2.0)) == [6.0, 7.0]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="nprocs must be at least 1, got 0"):
+        wsd.run(rank_env, nprocs=0)
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        wsd.run(rank_env, timeout=0)
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+def fail_on_rank_1(folder: str) -> None:
+    record_pid(folder)
+    dist.barrier()  # both pids are on disk before anything fails
+    if dist.get_rank() == 1:
+        print("rank 1 is about to fail")
+        raise KeyError("no batch for rank 1")
+    dist.barrier()  # rank 0 would wait here forever: it must be killed
+
+
+def test_failing_rank_is_named_and_no_process_is_left(tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(wsd.RankFailedError) as info:
+        wsd.run(fail_on_rank_1, nprocs=2, args=(str(tmp_path),), timeout=60)
+    err = info.value
+    assert err.rank == 1
+    assert err.error == "KeyError: 'no batch for rank 1'"
+    assert "in fail_on_rank_1" in err.details  # the rank's own traceback
+    assert str(err).startswith(
+        "rank 1 failed: KeyError: 'no batch for rank 1'; the other ranks were stopped"
+    )
+    pids = pids_in(tmp_path)
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert_all_gone(pids)
+    assert time.monotonic() - start < 30
+
+
+def exit_hard(how: str) -> None:
+    if dist.get_rank() == 1:
+        print("last words of rank 1", flush=True)
+        if how == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+
+
+@pytest.mark.parametrize(
+    ("how", "ending"), [("exit", "exit code 3"), ("kill", "killed by SIGKILL")]
+)
+def test_a_rank_that_dies_without_a_traceback(how: str, ending: str) -> None:
+    with pytest.raises(wsd.RankFailedError) as info:
+        wsd.run(exit_hard, nprocs=2, args=(how,))
+    err = info.value
+    assert err.rank == 1
+    assert err.error == f"its process ended ({ending}) before returning a result"
+    assert err.details == "last words of rank 1"  # what it printed, from its log
+    assert multiprocessing.active_children() == []
+
+
+def fail_in_turn(how: str) -> None:
+    if dist.get_rank() == 0:
+        raise ValueError("rank 0 fails first")
+    time.sleep(0.1)
+    if how == "exit":
+        os._exit(3)
+    raise ValueError("rank 1 fails later")
+
+
+def test_the_first_exception_is_reported() -> None:
+    with pytest.raises(wsd.RankFailedError, match="rank 0 fails first") as info:
+        wsd.run(fail_in_turn, nprocs=2, args=("raise",))
+    assert info.value.rank == 0
+
+
+def test_a_process_that_died_is_reported_before_exceptions() -> None:
+    # A rank that dies takes its peers' collectives down with it: their errors are
+    # consequences, so the death is the one to report, even when it came later.
+    with pytest.raises(wsd.RankFailedError, match="exit code 3") as info:
+        wsd.run(fail_in_turn, nprocs=2, args=("exit",))
+    assert info.value.rank == 1
+
+
+def unpicklable() -> object:
+    return lambda: None
+
+
+def test_a_result_that_cannot_be_sent() -> None:
+    with pytest.raises(wsd.RankFailedError, match="could not send the result"):
+        wsd.run(unpicklable, nprocs=1)
+
+
+def hang(folder: str) -> None:
+    record_pid(folder)
+    dist.barrier()  # both pids are on disk
+    if dist.get_rank() == 0:
+        dist.barrier()  # rank 1 never joins it
+    time.sleep(120)
+
+
+def test_timeout_stops_every_rank(tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\] had not returned after"):
+        wsd.run(hang, nprocs=2, args=(str(tmp_path),), timeout=3)
+    assert time.monotonic() - start < 15
+    assert_all_gone(pids_in(tmp_path))
+
+
+def test_error_survives_pickling() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(wsd.RankFailedError(2, "ValueError: x", "tb")))
+    assert (err.rank, err.error, err.details) == (2, "ValueError: x", "tb")
+    first, _, rest = str(err).partition("\n\n")
+    assert first == "rank 2 failed: ValueError: x; the other ranks were stopped"
+    assert rest == "--- rank 2 ---\ntb"
+
+
+CHILD_OF_KILLED_PARENT = """
+import sys, time
+import weightshare.distributed as wsd
+from pathlib import Path
+
+def sleep(folder):
+    import os, torch.distributed as dist
+    Path(folder, f"{dist.get_rank()}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+
+wsd.run(sleep, nprocs=2, args=(sys.argv[1],), timeout=120)
+"""
+
+
+def test_ranks_die_with_their_parent(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD_OF_KILLED_PARENT, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids_in(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = pids_in(tmp_path)
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    assert_all_gone(pids, within=10)
+
+
+# -- in this process, as under torchrun -----------------------------------------------
+
+
+@pytest.fixture
+def one_rank_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The environment torchrun gives a world of one, on a free port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
+        monkeypatch.setenv(key, value)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def where_and_who() -> tuple[str, int, int]:
+    return str(wsd.device()), dist.get_rank(), os.getpid()
+
+
+def test_under_torchrun_the_worker_runs_here(one_rank_env: None) -> None:
+    assert not dist.is_initialized()
+    assert wsd.run(where_and_who, nprocs=4) == [("cpu", 0, os.getpid())]
+    assert dist.get_backend() == "gloo"
+    assert wsd.run(where_and_who) == [("cpu", 0, os.getpid())]  # the group is reused
+
+
+def test_rank_main_reports_success_and_errors(one_rank_env: None) -> None:
+    ok = wsd._rank_main(lambda: 5, (), 0, 1, 30.0)
+    assert ok == ("ok", 5)
+    assert not dist.is_initialized()  # it left the group
+
+    def fails() -> None:
+        raise RuntimeError
+
+    before = time.time()
+    kind, error, details, when = wsd._rank_main(fails, (), 0, 1, 30.0)
+    assert (kind, error) == ("error", "RuntimeError")
+    assert "in fails" in details
+    assert before <= when <= time.time()
+
+
+def test_rank_spread_and_tied_grads_in_one_rank(one_rank_env: None) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    dist.init_process_group("gloo")
+    model = nn.Linear(2, 2)
+    assert wsd.rank_spread(model) == 0.0
+    assert wsd.rank_spread([]) == 0.0
+    assert wsd.rank_spread([torch.zeros(0)]) == 0.0
+    copy = nn.Parameter(torch.ones(3))
+    wsd.all_reduce_tied_grads([copy])  # no gradient yet: zeros
+    assert torch.equal(copy.grad, torch.zeros(3))
+    copy.grad = torch.full((3,), 2.0)
+    wsd.all_reduce_tied_grads([copy])  # one rank: the sum is its own gradient
+    assert torch.equal(copy.grad, torch.full((3,), 2.0))
+    mesh = init_device_mesh("cpu", (1,))
+    sharded = distribute_tensor(torch.ones(2), mesh, [Replicate()])
+    with pytest.raises(TypeError, match=r"tensors\[1\] is a DTensor"):
+        wsd.rank_spread([torch.ones(1), sharded])
+
+
+def spread_of_two_models() -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8, context=4, n_layer=1, n_head=1, d_model=4))
+    same = wsd.rank_spread(model)
+    with torch.no_grad():
+        model.wte.weight[0, 0] = 0.25 * dist.get_rank()
+    return same, wsd.rank_spread(model)
+
+
+def test_rank_spread_sees_a_difference_on_one_rank() -> None:
+    assert wsd.run(spread_of_two_models, nprocs=2) == [(0.0, 0.25), (0.0, 0.25)]
+
+
+# -- FSDP2 with weightshare.fsdp_units ------------------------------------------------
+
+
+def fsdp_models() -> dict[str, tuple[nn.Module, list[nn.Module], torch.Tensor]]:
+    """Tiny tied models, the modules one would shard one by one, and an input."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    torch.manual_seed(0)
+    tokens = torch.zeros(2, 4, dtype=torch.long)
+    gpt = GPT(GPTConfig(vocab_size=16, context=4, n_layer=2, n_head=2, d_model=8))
+    gpt2_config = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=8, vocab_size=50, n_positions=16,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    gpt2 = transformers.GPT2LMHeadModel(gpt2_config)
+    t5_config = transformers.T5Config(
+        vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    t5 = transformers.T5ForConditionalGeneration(t5_config)
+    enc, dec = t5.encoder, t5.decoder
+    return {
+        "gpt": (gpt, [gpt.wte, *gpt.blocks, gpt.lm_head], tokens),
+        "gpt2": (
+            gpt2,
+            [gpt2.transformer.wte, *gpt2.transformer.h, gpt2.lm_head],
+            tokens,
+        ),
+        "t5": (t5, [t5.shared, *enc.block, *dec.block, t5.lm_head], tokens),
+    }
+
+
+def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    if hasattr(model, "encoder"):
+        out = model(input_ids=tokens, decoder_input_ids=tokens)
+    else:
+        out = model(tokens)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def shard_one_by_one_and_with_units() -> dict[str, object]:
+    from torch.distributed.fsdp import fully_shard
+
+    report: dict[str, object] = {}
+    for key, (model, modules, tokens) in fsdp_models().items():
+        for module in modules:  # the naive way: every module its own group
+            fully_shard(module)
+        fully_shard(model)
+        try:
+            logits(model, tokens)
+        except ValueError as err:
+            report[f"{key} one by one"] = str(err).split(". ")[0]
+    for key, (model, modules, tokens) in fsdp_models().items():
+        groups = ws.shared_groups(model)
+        for unit in ws.fsdp_units(model, modules):
+            fully_shard(unit)
+        fully_shard(model)
+        logits(model, tokens).sum().backward()
+        report[f"{key} units"] = ws.shared_groups(model) == groups
+    return report
+
+
+def test_fsdp_units_shard_tied_models_for_real() -> None:
+    first, second = wsd.run(shard_one_by_one_and_with_units, nprocs=2, timeout=120)
+    assert first == second
+    shared = "Parameter '{}' is shared with a parameter already managed by another "
+    shared += "FSDP group"
+    assert first == {
+        "gpt one by one": shared.format("lm_head.weight"),
+        "gpt2 one by one": shared.format("lm_head.weight"),
+        "t5 one by one": shared.format("shared.weight"),
+        "gpt units": True,
+        "gpt2 units": True,
+        "t5 units": True,
+    }
