@@ -363,7 +363,7 @@ def test_run_cell_shows_prints_then_the_last_value_like_sphinx_gallery() -> None
 
 
 def test_run_cell_evaluates_annotations_as_the_page_does() -> None:
-    # gallery_doctest.py itself postpones annotations; a cell's must stay objects, as when
+    # gallery_doctest.py postpones annotations; a cell's must stay objects, as when
     # sphinx-gallery runs it (DDP's register_comm_hook checks one at run time).
     namespace: dict[str, Any] = {}
     gallery_doctest.run_cell("def hook(bucket: int) -> None: ...", "c.py", namespace)
