@@ -6,8 +6,9 @@ such ties (:func:`shared_groups`, :func:`storage_aliases`,
 :func:`count_parameters`), makes and undoes them by name (:func:`tie`,
 :func:`untie`, :func:`retie`), splits a shared gradient into one term per use
 (:func:`grad_contributions`), notices when a tie silently breaks
-(:class:`TieGuard`), and saves checkpoints that keep ties (:func:`save`,
-:func:`load`).
+(:class:`TieGuard`), saves checkpoints that keep ties (:func:`save`,
+:func:`load`), and checks a checkpoint's ties on disk before it is loaded
+(:func:`check`, and on the command line ``weightshare check PATH``).
 
 Examples
 --------
@@ -28,6 +29,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._check import CheckReport, Finding, TensorInfo, TieInfo, check
     from ._checkpoint import checkpoint_groups, load, save
     from ._count import ParameterCount, count_parameters, training_state_bytes
     from ._errors import (
@@ -45,6 +47,11 @@ if TYPE_CHECKING:
 # Submodules load on first use (PEP 562), so `import weightshare` and the Sphinx
 # extension `weightshare.gallery` do not pay for importing torch until it is needed.
 _HOMES = {
+    "CheckReport": "_check",
+    "Finding": "_check",
+    "TensorInfo": "_check",
+    "TieInfo": "_check",
+    "check": "_check",
     "checkpoint_groups": "_checkpoint",
     "load": "_checkpoint",
     "save": "_checkpoint",
@@ -84,12 +91,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokenTieError",
+    "CheckReport",
     "CheckpointError",
+    "Finding",
     "NotAParameterError",
     "ParameterCount",
+    "TensorInfo",
     "TieError",
     "TieGuard",
+    "TieInfo",
     "UnknownNameError",
+    "check",
     "checkpoint_groups",
     "count_parameters",
     "grad_contributions",
