@@ -33,7 +33,7 @@ __all__ = [
     "read_torch",
 ]
 
-CHUNK = 16 << 20  # bytes compared at a time; a multiple of 8 and of the page size
+CHUNK = 4 << 20  # bytes compared at a time; a multiple of 8 and of the page size
 SAMPLE = 4096  # bytes read from each end of a candidate before comparing it all
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
