@@ -22,7 +22,7 @@ quarter of the file size. The result is printed and written to
 ``check benchmark: ok`` when both goals are met (exit status 1 otherwise).
 
 Usage: python benchmarks/check_speed.py [--quick] [--rounds N] [--out DIR]
-(``--quick``: a 20 MB file and one round, a smoke test; no goals are checked.)
+(``--quick``: an 11 MB file and one round, a smoke test; no goals are checked.)
 """
 
 from __future__ import annotations

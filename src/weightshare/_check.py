@@ -9,6 +9,7 @@ them. ``weightshare check PATH`` prints the same report on the command line.
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
@@ -237,7 +238,7 @@ class CheckReport:
 
     @property
     def status(self) -> int:
-        """The command's exit status for this report: 0 when clean, 1 on findings."""
+        """The exit status of the command for this report (1 on findings, else 0)."""
         return 1 if self.findings else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,13 +321,21 @@ class CheckReport:
 
 
 def _wrap(line: str, hang: int, width: int) -> str:
+    """Wrap, but never inside a shape (``[1000, 32]``) or a size (``16.4 kB``)."""
+    glued = _SHAPE.sub(lambda m: m[0].replace(" ", _GLUE), line)
+    glued = _SIZE.sub(rf"\1{_GLUE}\2", glued)
     return textwrap.fill(
-        line,
+        glued,
         width=width,
         subsequent_indent=" " * hang,
         break_long_words=False,
         break_on_hyphens=False,
-    )
+    ).replace(_GLUE, " ")
+
+
+_GLUE = "\xa0"  # a no-break space: textwrap does not split at it
+_SHAPE = re.compile(r"\[[\d, ]*\]")
+_SIZE = re.compile(r"(\d) (B|kB|MB|GB)\b")
 
 
 def _size(nbytes: int) -> str:
