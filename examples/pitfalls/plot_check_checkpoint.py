@@ -252,8 +252,8 @@ fig.tight_layout()
 # ----------
 # A checkpoint's ties can be checked where they break: on disk, before any model is
 # built. :func:`weightshare.check` (the command ``weightshare check``) reads headers
-# and compares bytes only between tensors of equal dtype and shape, which takes a
-# small part of the time and memory that loading takes (see the
+# and compares bytes only between tensors of equal dtype and shape, through a memory
+# map a chunk at a time, so its memory stays a small part of the file's size (see the
 # :doc:`benchmarks </benchmarks>`). It predicts what ``from_pretrained`` does, and the
 # loads above confirm it: a stored-twice tie costs only space, but a config that ties
 # a head saved with other values loads untied, and the next ``tie_weights()`` throws

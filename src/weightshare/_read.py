@@ -241,9 +241,17 @@ class MappedFiles:
 
 
 def _release(mapped: mmap.mmap, low: int, high: int) -> None:
-    """Drop the pages of ``[low, high)`` from this process (they stay cached)."""
+    """Drop the pages of ``[low, high)`` from this process (they stay cached).
+
+    Where there is no ``madvise`` (Windows), the pages stay until the file closes.
+    """
+    if _DONTNEED is None:  # pragma: no cover - Windows
+        return
     start = low - low % mmap.PAGESIZE
-    mapped.madvise(mmap.MADV_DONTNEED, start, high - start)
+    mapped.madvise(_DONTNEED, start, high - start)
+
+
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 
 
 def _same(a: memoryview, b: memoryview) -> bool:
