@@ -9,10 +9,13 @@ import pytest
 
 MODULES = [
     "weightshare",
+    "weightshare._check",
     "weightshare._checkpoint",
+    "weightshare._cli",
     "weightshare._count",
     "weightshare._errors",
     "weightshare._fsdp",
+    "weightshare._format",
     "weightshare._grad",
     "weightshare._groups",
     "weightshare._guard",

@@ -8,9 +8,11 @@ such ties (:func:`shared_groups`, :func:`storage_aliases`,
 (:func:`grad_contributions`), notices when a tie silently breaks
 (:class:`TieGuard`), saves checkpoints that keep ties (:func:`save`,
 :func:`load`), builds optimizer groups that hold a shared parameter once
-(:func:`param_groups`, :func:`unique_parameters`), and groups tied modules for
-FSDP2 (:func:`fsdp_units`). :mod:`weightshare.distributed` runs a function in
-several processes and checks ties across them.
+(:func:`param_groups`, :func:`unique_parameters`), groups tied modules for FSDP2
+(:func:`fsdp_units`), and checks a checkpoint's ties on disk before it is loaded
+(:func:`check`, and on the command line ``weightshare check PATH``).
+:mod:`weightshare.distributed` runs a function in several processes and checks ties
+across them.
 
 Examples
 --------
@@ -25,6 +27,7 @@ Examples
 40
 """
 
+from ._check import CheckReport, Finding, TensorInfo, TieInfo, check
 from ._checkpoint import checkpoint_groups, load, save
 from ._count import ParameterCount, count_parameters, training_state_bytes
 from ._errors import (
@@ -45,12 +48,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokenTieError",
+    "CheckReport",
     "CheckpointError",
+    "Finding",
     "NotAParameterError",
     "ParameterCount",
+    "TensorInfo",
     "TieError",
     "TieGuard",
+    "TieInfo",
     "UnknownNameError",
+    "check",
     "checkpoint_groups",
     "count_parameters",
     "fsdp_units",

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from ._errors import CheckpointError
+from ._format import GROUPS_KEY, parse_groups
 from ._names import identity_groups, or_list
 
 __all__ = ["checkpoint_groups", "load", "save"]
 
-GROUPS_KEY = "weightshare.shared_groups"
 UNCHANGED = "the model was not changed"
 Tensors = dict[str, torch.Tensor]
 
@@ -281,7 +281,7 @@ def _parse(path: str) -> tuple[Tensors, list[list[str]]]:
             names = f.keys()  # a safe_open object is not iterable
             tensors = {key: f.get_tensor(key) for key in names}
             meta = f.metadata() or {}
-        return tensors, _groups(json.loads(meta.get(GROUPS_KEY, "[]")))
+        return tensors, parse_groups(json.loads(meta.get(GROUPS_KEY, "[]")))
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         # mmap needs the zip format of torch.save; the legacy pickle format is read.
         mmap = head[:4] == b"PK\x03\x04"
@@ -299,16 +299,7 @@ def _from_torch(obj: object) -> tuple[Tensors, list[list[str]]]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise ValueError("it holds no state_dict (a dict of names to tensors)")
-    return state, _groups(groups)
-
-
-def _groups(groups: object) -> list[list[str]]:
-    """Validate recorded groups: a list of lists of str."""
-    if not isinstance(groups, list) or not all(
-        isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups
-    ):
-        raise ValueError(f"its {GROUPS_KEY!r} entry is not a list of lists of names")
-    return groups
+    return state, parse_groups(groups)
 
 
 def _plan(

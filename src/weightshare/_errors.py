@@ -142,7 +142,8 @@ class CheckpointError(ValueError):
 
     Raised for unreadable, corrupt or truncated files, tied keys that disagree,
     shape or dtype mismatches and (in strict mode) missing or unexpected keys.
-    :func:`weightshare.load` raises it before changing anything in the model.
+    :func:`weightshare.load` raises it before changing anything in the model, and
+    :func:`weightshare.check` for an input it cannot read.
 
     Examples
     --------

@@ -1,0 +1,304 @@
+"""Time ``weightshare.check`` against loading every tensor to find a stored-twice pair.
+
+The file: a GPT-2-small-shaped safetensors file of about 500 MB (vocabulary 50257,
+width 768, 7 blocks, float32, random values) whose output layer ``lm_head.weight``
+is a copy of the embedding ``wte.weight``: one stored-twice pair of 154 MB each.
+The seven blocks give many tensors of equal dtype and shape, which every method
+must compare.
+
+The methods, each run in its own process, taking turns round by round:
+
+* ``check``: ``weightshare.check(path)``, which reads the header and compares
+  bytes through ``mmap``;
+* ``load_file``: ``safetensors.torch.load_file(path)``, then ``torch.equal`` on
+  every pair of tensors of equal dtype and shape (the naive way). Since safetensors
+  0.8 its default backend is ``"mmap"``: the tensors are views of the mapped file,
+  read only where ``torch.equal`` touches them, so "loading" costs nothing up front;
+* ``load_file_pread``: the same with ``backend="pread"``, which reads every tensor
+  into memory, as loading did before.
+
+Each process reports the seconds its operation took (imports excluded) and its
+peak resident memory (``VmHWM``); the parent also times the whole process. All
+read the file from the page cache (it was just written). ``torch.equal`` runs on
+torch's default threads, so on a shared machine the memory-mapped ``load_file`` is
+fast when the cores are idle and many times slower when another process holds one:
+the script prints the fastest round of each method besides the median. The goals:
+the median time of ``check`` under a quarter of each other method's, and its peak
+memory under a quarter of the file size. The result is printed and written to
+``benchmarks/results/check_speed-<UTC date and time>.json``; the last line is
+``check benchmark: ok`` when every goal is met (exit status 1 otherwise, naming
+the goals missed).
+
+Usage: python benchmarks/check_speed.py [--quick] [--rounds N] [--out DIR]
+(``--quick``: an 11 MB file and one round, a smoke test; no goals are checked.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("check", "load_file", "load_file_pread")
+GOAL_TIME_RATIO = 0.25
+GOAL_MEMORY_RATIO = 0.25
+FULL = {"vocab": 50257, "width": 768, "blocks": 7, "context": 1024, "rounds": 11}
+QUICK = {"vocab": 2000, "width": 256, "blocks": 2, "context": 128, "rounds": 1}
+
+
+def write_file(path: Path, shape: dict[str, int]) -> dict[str, Any]:
+    """The GPT-2-shaped file with ``lm_head.weight`` a copy of ``wte.weight``."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    v, d = shape["vocab"], shape["width"]
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=generator)
+
+    tensors = {"wte.weight": randn(v, d), "wpe.weight": randn(shape["context"], d)}
+    for block in range(shape["blocks"]):
+        for name, size in {
+            "ln_1.weight": (d,),
+            "ln_1.bias": (d,),
+            "attn.c_attn.weight": (d, 3 * d),
+            "attn.c_attn.bias": (3 * d,),
+            "attn.c_proj.weight": (d, d),
+            "attn.c_proj.bias": (d,),
+            "ln_2.weight": (d,),
+            "ln_2.bias": (d,),
+            "mlp.c_fc.weight": (d, 4 * d),
+            "mlp.c_fc.bias": (4 * d,),
+            "mlp.c_proj.weight": (4 * d, d),
+            "mlp.c_proj.bias": (d,),
+        }.items():
+            tensors[f"h.{block}.{name}"] = randn(*size)
+    tensors["ln_f.weight"] = randn(d)
+    tensors["ln_f.bias"] = randn(d)
+    tensors["lm_head.weight"] = tensors["wte.weight"].clone()  # stored twice
+    save_file(tensors, str(path))
+    return {
+        "bytes": path.stat().st_size,
+        "tensors": len(tensors),
+        "duplicate": ["lm_head.weight", "wte.weight"],
+        "duplicate_bytes": tensors["wte.weight"].nbytes,
+        "shape": shape,
+    }
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_check(path: str) -> list[list[str]]:
+    import weightshare
+
+    report = weightshare.check(path)
+    return [sorted(f.names) for f in report.findings if f.kind == "duplicate"]
+
+
+def run_load_file(path: str, backend: str = "mmap") -> list[list[str]]:
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(path, backend=backend)
+    by_kind: dict[tuple[Any, ...], list[str]] = {}
+    for name, tensor in tensors.items():
+        by_kind.setdefault((tensor.dtype, tuple(tensor.shape)), []).append(name)
+    found = []
+    for names in by_kind.values():
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if torch.equal(tensors[a], tensors[b]):
+                    found.append(sorted([a, b]))
+    return found
+
+
+def run_load_file_pread(path: str) -> list[list[str]]:
+    return run_load_file(path, backend="pread")
+
+
+def worker(method: str, path: str) -> None:
+    """Run one method, after its imports, and print its measurements as JSON."""
+    if method == "check":
+        import weightshare._check  # noqa: F401  (imported outside the timing)
+
+        operation = run_check
+    else:
+        import safetensors.torch  # noqa: F401
+        import torch  # noqa: F401
+
+        operation = run_load_file if method == "load_file" else run_load_file_pread
+    before = peak_rss()
+    start = time.perf_counter()
+    found = operation(path)
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "peak_rss": peak_rss(), "rss_after_imports": before}
+    print(json.dumps({**result, "found": found}))
+
+
+def measure(method: str, path: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", method, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sample: dict[str, Any] = json.loads(done.stdout)
+    sample["process_seconds"] = time.perf_counter() - start
+    return sample
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per method: the median of each number, and the fastest operation."""
+    keys = ("seconds", "process_seconds", "peak_rss", "rss_after_imports")
+    return {
+        method: {key: statistics.median(s[key] for s in runs) for key in keys}
+        | {"best_seconds": min(s["seconds"] for s in runs)}
+        for method, runs in samples.items()
+    }
+
+
+def compare(
+    medians: dict[str, dict[str, float]], file_bytes: int, quick: bool
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Ratios of check to each other method, and the goals (not judged if quick)."""
+    check = medians["check"]
+    ratios: dict[str, float] = {}
+    goals: list[dict[str, Any]] = []
+    for method in METHODS[1:]:
+        ratio = check["seconds"] / medians[method]["seconds"]
+        ratios[f"operation_time_vs_{method}"] = ratio
+        ratios[f"process_time_vs_{method}"] = (
+            check["process_seconds"] / medians[method]["process_seconds"]
+        )
+        ratios[f"fastest_operation_vs_{method}"] = (
+            check["best_seconds"] / medians[method]["best_seconds"]
+        )
+        goal = f"check's median operation time under {GOAL_TIME_RATIO} of {method}"
+        met = None if quick else ratio < GOAL_TIME_RATIO
+        goals.append({"goal": goal, "value": ratio, "met": met})
+    memory = check["peak_rss"] / file_bytes
+    ratios["check_peak_memory_over_file_size"] = memory
+    goal = f"check's peak memory under {GOAL_MEMORY_RATIO} of the file size"
+    met = None if quick else memory < GOAL_MEMORY_RATIO
+    goals.append({"goal": goal, "value": memory, "met": met})
+    return ratios, goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small file, one round")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="result folder")
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "PATH"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    shape = QUICK if args.quick else FULL
+    rounds = args.rounds or shape["rounds"]
+    date = datetime.datetime.now(datetime.UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        file = write_file(path, {k: v for k, v in shape.items() if k != "rounds"})
+        print(
+            f"file: {file['bytes'] / 1e6:.0f} MB, {file['tensors']} tensors, "
+            f"{' and '.join(file['duplicate'])} stored twice "
+            f"({file['duplicate_bytes'] / 1e6:.0f} MB each); {rounds} round(s)"
+        )
+        samples: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+        for number in range(rounds):
+            order = METHODS if number % 2 == 0 else METHODS[::-1]
+            for method in order:
+                samples[method].append(measure(method, path))
+    for method, runs in samples.items():
+        for run in runs:
+            assert run["found"] == [sorted(file["duplicate"])], (method, run["found"])
+    medians = summarise(samples)
+    ratios, goals = compare(medians, file["bytes"], args.quick)
+    for method in METHODS:
+        m = medians[method]
+        print(
+            f"  {method:<16} {m['seconds']:7.3f} s operation "
+            f"(fastest {m['best_seconds']:.3f} s), "
+            f"{m['process_seconds']:6.2f} s whole process, "
+            f"peak memory {m['peak_rss'] / 1e6:4.0f} MB "
+            f"({m['rss_after_imports'] / 1e6:.0f} MB after imports)"
+        )
+    for method in METHODS[1:]:
+        print(
+            f"check / {method}: {ratios[f'operation_time_vs_{method}']:.3f} of the "
+            f"median operation time ({ratios[f'fastest_operation_vs_{method}']:.3f} "
+            f"of the fastest), {ratios[f'process_time_vs_{method}']:.3f} of the "
+            "whole process time"
+        )
+    memory = ratios["check_peak_memory_over_file_size"]
+    print(f"check's peak memory / file size: {memory:.3f}")
+    result = {
+        "benchmark": "check_speed",
+        "schema": 1,
+        "date": date.isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()},
+        "load_average": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "file": file,
+        "rounds": rounds,
+        "page_cache": "warm: the file was just written",
+        "samples": samples,
+        "medians": medians,
+        "ratios": ratios,
+        "goals": goals,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"check_speed-{'quick-' * args.quick}{date:%Y-%m-%dT%H%M%S}.json"
+    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / name}")
+    if args.quick:
+        print("check benchmark: ran (quick: no goals checked)")
+        return 0
+    missed = [goal["goal"] for goal in goals if not goal["met"]]
+    if not missed:
+        print("check benchmark: ok")
+        return 0
+    print(f"check benchmark: FAILED ({'; '.join(missed)})")
+    return 1
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "safetensors", "weightshare")}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
