@@ -76,4 +76,4 @@ def test_offline_inventories_match_their_sources() -> None:
         )
         for line in source.read_text().splitlines():
             if line and not line.startswith("#"):
-                assert re.fullmatch(r"\S+ py:(class|function) \S+\.html#\$", line), line
+                assert re.fullmatch(r"\S+ py:[a-z]+ \S+\.html#(module-)?\$", line), line

@@ -113,7 +113,8 @@ out.backward()
 import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
-ax.bar(["fc1's use", "fc2's use"], [g.item() for g in contributions.values()])
+uses = ["fc1's use", "fc2's use"]
+ax.bar(uses, [g.item() for g in contributions.values()], color=["C0", "C1"])
 ax.bar(["shared .grad"], [contributions["fc1"].item()], color="C0")
 ax.bar(
     ["shared .grad"],

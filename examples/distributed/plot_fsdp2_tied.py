@@ -1,6 +1,6 @@
 """
-FSDP2 and a tied embedding
-==========================
+FSDP2 with a tied GPT
+=====================
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``) splits every parameter across the
 ranks and gathers it only while a module runs. The usual recipe shards the token
