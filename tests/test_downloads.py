@@ -11,6 +11,8 @@ those files from the built site served on localhost, puts each in an empty folde
 Making the two environments costs a few minutes of pip, so they are kept in
 `_build/download-envs/` and made again only when the page's install commands (or the
 notebook's first cell) change; the wheel is reinstalled from the site on every run.
+The runs go two at a time, one core each (``OMP_NUM_THREADS=1``): each is still a
+process of its own, in a folder of its own.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def _clean_env() -> dict[str, str]:
         p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin
     )
     env["MPLBACKEND"] = "Agg"  # no window to show figures in
+    # Two downloads run at a time (see _run_all), one core each.
+    env["OMP_NUM_THREADS"] = "1"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
 
@@ -193,14 +197,41 @@ def script_env(setup_lines: list[str], downloads: Path) -> Path:
     return _env("script", "\n".join(setup_lines), wheel, "\n".join(setup_lines))
 
 
+def _run_all(
+    jobs: dict[str, tuple[str, Path]], timeout: float
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run each page's ``(bash script, folder)``, two at a time (two cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            page: pool.submit(_bash, script, folder, timeout)
+            for page, (script, folder) in jobs.items()
+        }
+        return {page: future.result() for page, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def script_runs(
+    downloads: Path, script_env: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Each page's script, run alone in an empty folder with the page's environment."""
+    jobs = {}
+    for page in PAGES:
+        script = Path(page).with_suffix(".py").name
+        folder = tmp_path_factory.mktemp("script")
+        shutil.copy(downloads / script, folder)
+        assert [p.name for p in folder.iterdir()] == [script]  # nothing else: no clone
+        activate = f". {script_env}/.venv/bin/activate\npython {script}"
+        jobs[page] = (activate, folder)
+    return _run_all(jobs, timeout=600)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_downloaded_script_runs_in_a_fresh_venv(
-    page: str, downloads: Path, script_env: Path, tmp_path: Path
+    page: str, script_runs: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
-    script = Path(page).with_suffix(".py").name
-    shutil.copy(downloads / script, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [script]  # nothing else: no clone
-    done = _bash(f". {script_env}/.venv/bin/activate\npython {script}", tmp_path, 600)
+    done = script_runs[page]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
@@ -228,15 +259,37 @@ def _execute(notebook: str) -> str:
     return f"jupyter-execute --kernel_name=python3 --timeout=600 {notebook}"
 
 
+@pytest.fixture(scope="module")
+def notebook_runs(
+    downloads: Path, notebook_env: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Each page's notebook, executed alone in a folder with the wheel beside it.
+
+    The first notebook runs by itself: in a new environment its first cell installs
+    what every notebook needs, and two installs at once would collide. The others
+    then run two at a time.
+    """
+    jobs = {}
+    wheel = next(downloads.glob("*.whl"))
+    for page in PAGES:
+        notebook = Path(page).with_suffix(".ipynb").name
+        folder = tmp_path_factory.mktemp("notebook")
+        for file in (downloads / notebook, wheel):
+            shutil.copy(file, folder)
+        jobs[page] = (
+            f". {notebook_env}/.venv/bin/activate\n{_execute(notebook)}",
+            folder,
+        )
+    first = PAGES[0]
+    runs = _run_all({first: jobs.pop(first)}, timeout=900)
+    return runs | _run_all(jobs, timeout=900)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_downloaded_notebook_runs_with_nbclient(
-    page: str, downloads: Path, notebook_env: Path, tmp_path: Path
+    page: str, notebook_runs: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
-    notebook = Path(page).with_suffix(".ipynb").name
-    for name in (notebook, next(downloads.glob("*.whl")).name):
-        shutil.copy(downloads / name, tmp_path)
-    script = f". {notebook_env}/.venv/bin/activate\n{_execute(notebook)}"
-    done = _bash(script, tmp_path, 900)
+    done = notebook_runs[page]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
