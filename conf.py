@@ -109,6 +109,7 @@ weightshare_run_requirements = _pins(
     "transformers",
     "safetensors",
     "peft",
+    "accelerate",
 )
 weightshare_wheel_project = ROOT
 WHEEL = f"weightshare-{release}-py3-none-any.whl"

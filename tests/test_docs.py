@@ -106,6 +106,20 @@ def test_the_offered_wheel_holds_the_library_only(built_site: Path) -> None:
     assert not any("gallery" in name or "sphinx" in name for name in modules)
 
 
+def test_each_quoted_error_is_printed_by_its_page(built_site: Path) -> None:
+    # The symptom index quotes error texts; each must be what its page shows.
+    import html
+
+    table = (ROOT / "docs" / "symptoms.md").read_text().split("## Silent")[0]
+    rows = re.findall(r"^\| `([^`]+)` \|.*\{doc\}`/([^`]+)` \|$", table, re.M)
+    assert len(rows) >= 8
+    for quoted, docname in rows:
+        page = (built_site / f"{docname}.html").read_text()
+        text = html.unescape(re.sub(r"<[^>]+>", "", page))
+        for part in quoted.split("…"):
+            assert part.strip() in text, f"{docname} does not show {part.strip()!r}"
+
+
 def test_pytorch_names_link_to_pytorchs_docs(built_site: Path) -> None:
     api = (built_site / "api.html").read_text()
     torch_docs = "https://docs.pytorch.org/docs/stable/"

@@ -7,9 +7,10 @@ Nothing fails. A tied model built on the meta device, materialised with
 optimizer step its embedding and output head are two tensors that drift apart. The
 embedding gets only its input-side gradient, and the optimizer steps two tensors
 where there was one. ``load_state_dict(..., assign=True)`` breaks the tie the same
-way. This page measures the damage after one step, lets :class:`weightshare.TieGuard`
-name the broken group, and repairs the tie with :func:`weightshare.retie`, or with a
-Hugging Face model's own ``tie_weights()``.
+way, and accelerate's ``init_empty_weights()`` unties such a model before it is even
+materialised. This page measures the damage after one step, lets
+:class:`weightshare.TieGuard` name the broken group, and repairs the tie with
+:func:`weightshare.retie`, or with a Hugging Face model's own ``tie_weights()``.
 """
 
 # %%
@@ -228,14 +229,45 @@ gpt2.tie_weights()
 # []
 
 # %%
+# accelerate's ``init_empty_weights``: untied before ``to_empty()``
+# ---------------------------------------------------------------
+# accelerate builds on the meta device another way: inside ``init_empty_weights()``
+# every parameter a module registers is replaced by a new meta
+# :class:`~torch.nn.Parameter`. A tie made by assignment in ``__init__``, as
+# :class:`weightshare.models.GPT` makes it, is such a registration, so the model
+# leaves the context manager already untied, with nothing to record for a guard.
+# A Hugging Face model does too: the tying that its ``post_init`` does is an
+# assignment as well.
+from accelerate import init_empty_weights
+
+with init_empty_weights():
+    empty = GPT(config)
+    empty_gpt2 = GPT2LMHeadModel(hf_config)
+
+# %%
+# >>> empty.wte.weight.device.type, empty.lm_head.weight is empty.wte.weight
+# ('meta', False)
+# >>> weightshare.shared_groups(empty), weightshare.shared_groups(empty_gpt2)
+# ([], [])
+#
+# Outside the context manager, the Hugging Face model's ``tie_weights()`` ties it
+# again, and for any model the groups recorded on a build that kept the tie, here
+# ``guard.groups`` from the start of the page, do it with :func:`weightshare.retie`,
+# before ``to_empty()`` or after:
+#
+# >>> empty_gpt2.tie_weights()
+# >>> weightshare.retie(empty, guard.groups)
+# >>> weightshare.shared_groups(empty), weightshare.shared_groups(empty_gpt2)
+# ([['wte.weight', 'lm_head.weight']], [['transformer.wte.weight', 'lm_head.weight']])
+
+# %%
 # Conclusion
 # ----------
 # ``to_empty()`` and ``load_state_dict(..., assign=True)`` work name by name, so they
 # cannot keep two names on one tensor. Nothing fails; the model trains as an untied
 # model whose two halves started equal. Users have met this in accelerate's
 # ``init_empty_weights``
-# (`accelerate#3668 <https://github.com/huggingface/accelerate/issues/3668>`_; that
-# context manager is not installed here, so this page does not run it), when
+# (`accelerate#3668 <https://github.com/huggingface/accelerate/issues/3668>`_), when
 # loading into a meta-initialised model
 # (`accelerate#1204 <https://github.com/huggingface/accelerate/pull/1204>`_), with
 # FSDP recipes that build on the meta device
