@@ -649,6 +649,32 @@ def test_notebooks_and_their_zips_get_markdown_roles(tmp_path: Path) -> None:
     assert archive.read_bytes() == before
 
 
+def test_every_notebook_gets_the_configured_first_cell(tmp_path: Path) -> None:
+    import json
+
+    gallery_dir = tmp_path / "auto_examples" / "basics"
+    gallery_dir.mkdir(parents=True)
+    cells = [
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "source": "%pip install old",
+            "outputs": [],
+        },
+        {"cell_type": "code", "metadata": {}, "source": "y = 1", "outputs": []},
+    ]
+    notebook = gallery_dir / "plot_x.ipynb"
+    notebook.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4}))
+    conf = {"gallery_dirs": "auto_examples", "first_notebook_cell": "%pip install new"}
+    app = types.SimpleNamespace(
+        srcdir=str(tmp_path),
+        config=types.SimpleNamespace(sphinx_gallery_conf=conf),
+    )
+    gallery_downloads.clean_notebooks(app)
+    sources = [c["source"] for c in json.loads(notebook.read_text())["cells"]]
+    assert sources == ["%pip install new", "y = 1"]
+
+
 @pytest.mark.parametrize("extension", EXTENSIONS, ids=lambda m: m.__name__)
 def test_the_extensions_docstring_examples_pass(extension: Any) -> None:
     import doctest

@@ -209,41 +209,55 @@ def notebook_markdown(text: str) -> str:
     return _ROLE.sub(_role_as_markdown, text)
 
 
-def _clean_notebook(raw: str) -> str:
+def _cleaned(raw: str, first_cell: str | None) -> str | None:
+    """The notebook ``raw`` with Markdown roles and the configured first cell, or
+    ``None`` when it already has both."""
     import json
 
     notebook = json.loads(raw)
+    changed = False
     for cell in notebook["cells"]:
-        if cell["cell_type"] == "markdown":
-            source = cell["source"]
-            text = "".join(source) if isinstance(source, list) else source
-            cell["source"] = notebook_markdown(text)
+        source = cell["source"]
+        text = "".join(source) if isinstance(source, list) else source
+        if cell["cell_type"] == "markdown" and notebook_markdown(text) != text:
+            cell["source"], changed = notebook_markdown(text), True
+    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    if first_cell and code and "".join(code[0]["source"]) != first_cell:
+        # sphinx-gallery writes the first cell only for the examples it runs, so
+        # after conf.py changes it, the other notebooks would keep the old one.
+        code[0]["source"], changed = first_cell, True
+    if not changed:
+        return None
     return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
 
 
 def clean_notebooks(app: Any) -> None:
-    """``builder-inited``, after sphinx-gallery: Markdown roles in the notebooks.
+    """``builder-inited``, after sphinx-gallery: the notebooks as readers need them.
 
-    Rewrites the gallery's ``.ipynb`` files with :func:`notebook_markdown`, and the
-    copies inside sphinx-gallery's zip files, before Sphinx copies them to the site.
+    Rewrites the Sphinx roles in the gallery's ``.ipynb`` files as Markdown
+    (:func:`notebook_markdown`) and gives every notebook the configured
+    ``first_notebook_cell`` (sphinx-gallery updates it only in the notebooks of the
+    examples it re-runs), in the files and in the copies inside sphinx-gallery's zip
+    files, before Sphinx copies them to the site.
     """
     import zipfile
 
     conf = getattr(app.config, "sphinx_gallery_conf", {}) or {}
+    first_cell = conf.get("first_notebook_cell")
     dirs = conf.get("gallery_dirs", [])
     for gallery in [dirs] if isinstance(dirs, str) else dirs:
         root = Path(app.srcdir) / gallery
         for notebook in root.rglob("*.ipynb"):
-            raw = notebook.read_text(encoding="utf-8")
-            if notebook_markdown(raw) != raw:
-                notebook.write_text(_clean_notebook(raw), encoding="utf-8")
+            text = _cleaned(notebook.read_text(encoding="utf-8"), first_cell)
+            if text is not None:
+                notebook.write_text(text, encoding="utf-8")
         for archive in root.rglob("*.zip"):
             with zipfile.ZipFile(archive) as old:
                 members = [(info, old.read(info)) for info in old.infolist()]
             changed = [
-                (info, _clean_notebook(data.decode()).encode())
+                (info, text.encode())
                 if info.filename.endswith(".ipynb")
-                and notebook_markdown(data.decode()) != data.decode()
+                and (text := _cleaned(data.decode(), first_cell)) is not None
                 else (info, data)
                 for info, data in members
             ]
