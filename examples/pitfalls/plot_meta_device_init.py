@@ -229,8 +229,8 @@ gpt2.tie_weights()
 # []
 
 # %%
-# accelerate's ``init_empty_weights``: untied before ``to_empty()``
-# ---------------------------------------------------------------
+# accelerate's ``init_empty_weights`` unties at once
+# --------------------------------------------------
 # accelerate builds on the meta device another way: inside ``init_empty_weights()``
 # every parameter a module registers is replaced by a new meta
 # :class:`~torch.nn.Parameter`. A tie made by assignment in ``__init__``, as
