@@ -59,7 +59,7 @@ html-noplot: $(STAMP) dot  ## build the pages without running any example
 html-rerun: $(STAMP) dot  ## build, re-running every example (after changing src/)
 	$(SPHINX) -b html -D sphinx_gallery_conf.run_stale_examples=True docs $(BUILD)/html
 
-html-one: $(STAMP) dot  ## build one example: make html-one EXAMPLE=plot_siamese
+html-one: $(STAMP) dot  ## build one example: make html-one EXAMPLE=plot_3_siamese
 	@test -n "$(EXAMPLE)" || { echo "usage: make html-one EXAMPLE=plot_name" >&2; exit 2; }
 	$(SPHINX) -b html -D sphinx_gallery_conf.filename_pattern=/$(EXAMPLE) \
 	  -D sphinx_gallery_conf.run_stale_examples=True docs $(BUILD)/html
@@ -69,14 +69,13 @@ doctest: $(STAMP) dot  ## check every >>> claim of the docs and gallery pages
 
 linkcheck: html  ## check links and anchors offline; list the external links
 	$(SPHINX) -b linkcheck docs $(BUILD)/linkcheck
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_docs.py -k internal_links
+	$(PY) -m pytest -q -p no:cacheprovider tests/site/test_docs.py -k internal_links
 	@echo "External links (listed, not fetched; WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches):"
 	@$(PY) -c "import json; [print('  ' + r['uri']) for r in map(json.loads, \
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
 
-check: $(STAMP)  ## the library's own tests only: seconds, no Sphinx, browser or download
-	$(PY) -m pytest -q -p no:cacheprovider $(wildcard tests/test_lib_*.py) \
-	  tests/test_models.py tests/test_package.py
+check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
+	$(PY) -m pytest -q -p no:cacheprovider tests/lib tests/benchmarks
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12

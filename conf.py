@@ -46,6 +46,7 @@ extensions = [
     "gallery_downloads",  # the wheel, the run box, notebooks in Markdown
     "offline_site",  # MathML, no CDN scripts, reference aliases
     "benchmark_results",  # docs/benchmarks.md from benchmarks/results/*.json
+    "moved_pages",  # old addresses of moved pages redirect to the new ones
 ]
 
 root_doc = "index"
@@ -121,12 +122,14 @@ sphinx_gallery_conf = {
     "filename_pattern": r"/plot_",
     "subsection_order": [
         from_docs("examples", section)
+        # Learn is a path; Fix follows a model's life (fix_build's header opens it).
         for section in (
-            "basics",
-            "architectures",
-            "training",
-            "pitfalls",
-            "distributed",
+            "learn",
+            "fix_build",
+            "fix_train",
+            "fix_save_load",
+            "fix_adapt",
+            "fix_distribute",
         )
     ],
     "within_subsection_order": "FileNameSortKey",
@@ -145,6 +148,35 @@ sphinx_gallery_conf = {
         "# Graphviz's dot program (the system package 'graphviz').\n"
         f"%pip install {' '.join(weightshare_run_requirements)} {WHEEL}"
     ),
+}
+
+# -- Moved pages -----------------------------------------------------------------------
+# Old address -> new page (docs/_ext/moved_pages.py writes a redirect at each old one).
+# The gallery became Learn and Fix on 2026-12-02.
+_MOVED = """
+basics/index                             learn/index
+architectures/index                      learn/index
+training/index                           learn/index
+pitfalls/index                           fix_build/index
+distributed/index                        fix_distribute/index
+basics/plot_two_layers_one_weight        learn/plot_1_two_layers_one_weight
+architectures/plot_tied_transformer      learn/plot_2_tied_transformer
+architectures/plot_siamese               learn/plot_3_siamese
+training/plot_gpu_training_step          learn/plot_4_gpu_training_step
+pitfalls/plot_meta_device_init           fix_build/plot_meta_device_init
+pitfalls/plot_copies_not_ties            fix_build/plot_copies_not_ties
+pitfalls/plot_optimizer_groups_clipping  fix_train/plot_optimizer_groups_clipping
+pitfalls/plot_transforms_functional      fix_train/plot_transforms_functional
+pitfalls/plot_save_load_tied             fix_save_load/plot_save_load_tied
+pitfalls/plot_check_checkpoint           fix_save_load/plot_weightshare_check
+pitfalls/plot_lora_tied_head             fix_adapt/plot_lora_tied_head
+distributed/plot_ddp_tied                fix_distribute/plot_ddp_tied
+distributed/plot_fsdp2_tied              fix_distribute/plot_fsdp2_tied
+distributed/plot_pipeline_tied           fix_distribute/plot_pipeline_tied
+"""
+weightshare_moved_pages = {
+    f"auto_examples/{old}": f"auto_examples/{new}"
+    for old, new in map(str.split, _MOVED.strip().splitlines())
 }
 
 # -- Benchmark results (docs/benchmarks.md) --------------------------------------------

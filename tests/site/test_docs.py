@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from conftest import HTML, ROOT, make
 
-FIRST_PAGE = ROOT / "examples" / "basics" / "plot_two_layers_one_weight.py"
+FIRST_PAGE = ROOT / "examples" / "learn" / "plot_1_two_layers_one_weight.py"
 TARGETS = (
     "html",
     "html-noplot",
@@ -52,7 +52,7 @@ def test_a_second_build_installs_nothing() -> None:
 def test_html_builds_with_zero_warnings(built_site: Path) -> None:
     # built_site (conftest.py) ran `make html` and found no warning.
     page = (
-        built_site / "auto_examples/basics/plot_two_layers_one_weight.html"
+        built_site / "auto_examples/learn/plot_1_two_layers_one_weight.html"
     ).read_text()
     assert re.search(r'<img [^>]*class="[^"]*ws-graphviz[^"]*"[^>]*\.svg"', page)
     assert "graphviz.graphs.Digraph" not in page  # the graph is drawn, not printed
@@ -125,7 +125,7 @@ def test_pytorch_names_link_to_pytorchs_docs(built_site: Path) -> None:
     torch_docs = "https://docs.pytorch.org/docs/stable/"
     assert f'href="{torch_docs}generated/torch.nn.Module.html#torch.nn.Module"' in api
     assert f"{torch_docs}generated/torch.nn.parameter.Parameter.html" in api
-    page = built_site / "auto_examples/training/plot_gpu_training_step.html"
+    page = built_site / "auto_examples/learn/plot_4_gpu_training_step.html"
     assert f"{torch_docs}generated/torch.compile.html#torch.compile" in page.read_text()
 
 
@@ -141,14 +141,14 @@ def test_doctests_of_every_page_pass() -> None:
 
 def _scratch_site(tmp_path: Path, page_text: str) -> Path:
     """A one-page site that uses the project's conf.py and one gallery example."""
-    docs, basics = tmp_path / "docs", tmp_path / "examples" / "basics"
+    docs, basics = tmp_path / "docs", tmp_path / "examples" / "learn"
     docs.mkdir(parents=True)
     basics.mkdir(parents=True)
     (docs / "index.md").write_text(
         "# Scratch\n\n```{toctree}\nauto_examples/index\n```\n"
     )
     shutil.copy(ROOT / "examples/GALLERY_HEADER.rst", tmp_path / "examples")
-    shutil.copy(ROOT / "examples/basics/GALLERY_HEADER.rst", basics)
+    shutil.copy(ROOT / "examples/learn/GALLERY_HEADER.rst", basics)
     (basics / FIRST_PAGE.name).write_text(page_text)
     return docs
 
@@ -214,3 +214,17 @@ def test_internal_links_and_anchors_resolve(built_site: Path) -> None:
             elif target in pages and parts.fragment not in {"", *pages[target].ids}:
                 broken.append(f"{path.relative_to(HTML)}: {ref} (no such anchor)")
     assert not broken, "\n".join(broken[:20])
+
+
+@pytest.mark.slow
+def test_old_page_addresses_send_the_reader_to_the_new_page(built_site: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    import conf  # the map of moved pages, as the build read it
+
+    assert conf.weightshare_moved_pages  # the gallery's old addresses
+    for old, new in conf.weightshare_moved_pages.items():
+        page = (built_site / f"{old}.html").read_text()
+        target = re.search(r'url=([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        landing = (built_site / old).parent / target
+        assert landing.resolve() == (built_site / f"{new}.html").resolve()
+        assert landing.is_file(), f"{old} redirects to a missing {target}"

@@ -463,4 +463,4 @@ weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 # Further reading: Bromley et al., "Signature Verification using a 'Siamese' Time
 # Delay Neural Network" (NIPS 1993), which named the architecture; Hadsell, Chopra
 # and LeCun (CVPR 2006) for the loss; and
-# :doc:`/auto_examples/basics/plot_two_layers_one_weight` for the mechanics of a tie.
+# :doc:`/auto_examples/learn/plot_1_two_layers_one_weight` for the mechanics of a tie.

@@ -1,6 +1,6 @@
 """The GPU page's claims on the paths the site's build does not take.
 
-The build runs examples/training/plot_gpu_training_step.py on a CPU: fp32, eager. On
+The build runs examples/learn/plot_4_gpu_training_step.py on a CPU: fp32, eager. On
 CUDA the page runs its step under bf16 autocast and ``torch.compile``, and builds
 GPT-2 small. Both features work on a CPU too, so this test takes the page's own
 ``make_train_step`` (the page is run as a script to get it) and checks the page's
@@ -24,7 +24,7 @@ import weightshare
 from weightshare.models import GPT, GPTConfig
 
 PAGE = (
-    Path(__file__).resolve().parents[1] / "examples/training/plot_gpu_training_step.py"
+    Path(__file__).resolve().parents[2] / "examples/learn/plot_4_gpu_training_step.py"
 )
 SMALL = GPTConfig(vocab_size=256, context=16, n_layer=1, n_head=2, d_model=32)
 

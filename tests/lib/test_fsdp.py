@@ -1,7 +1,7 @@
 """weightshare.fsdp_units: the modules to shard with FSDP2, each tie in one unit.
 
 These tests read only the models' structure (no process group); the units are
-sharded for real, in two processes, in tests/test_distributed.py.
+sharded for real, in two processes, in tests/lib/test_distributed.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEED_LINE = "SEED = 0  #"
 
 
@@ -37,7 +37,7 @@ def run_page(path: Path, seed: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_siamese_claims(seed: int) -> None:
-    page = run_page(EXAMPLES / "architectures" / "plot_siamese.py", seed)
+    page = run_page(EXAMPLES / "learn" / "plot_3_siamese.py", seed)
     assert abs(page["accuracy"] - page["raw_accuracy"]) < 0.01
     assert page["auc"] >= 0.999
     assert page["losses"][-1] < page["losses"][0] / 10
@@ -48,7 +48,7 @@ def test_siamese_claims(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_transformer_claims(seed: int) -> None:
-    page = run_page(EXAMPLES / "architectures" / "plot_tied_transformer.py", seed)
+    page = run_page(EXAMPLES / "learn" / "plot_2_tied_transformer.py", seed)
     assert page["tied_accuracy"] >= 0.99 and page["untied_accuracy"] >= 0.99
     first = page["first_below"]
     assert first["untied"] < first["tied"] < page["STEPS"]

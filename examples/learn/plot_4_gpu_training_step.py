@@ -137,7 +137,7 @@ finally:
 #    once, scales all gradients down when their total norm exceeds ``max_norm``.
 #    Over a list that holds the weight twice, it would measure a norm √2 too large
 #    for that weight and scale its gradient twice: see
-#    :doc:`/auto_examples/pitfalls/plot_optimizer_groups_clipping`.
+#    :doc:`/auto_examples/fix_train/plot_optimizer_groups_clipping`.
 # 5. ``optimizer.step()`` updates each parameter in place.
 #
 # With ``compile``, the forward pass is ``torch.compile(net)``, which holds the
@@ -382,5 +382,5 @@ plt.show()
 # change its parameters first, then create the optimizer.
 #
 # Next: the :doc:`benchmarks page </benchmarks>` for time and memory, and
-# :doc:`/auto_examples/pitfalls/plot_optimizer_groups_clipping` for what parameter
+# :doc:`/auto_examples/fix_train/plot_optimizer_groups_clipping` for what parameter
 # groups and clipping do with a weight listed twice.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "check_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "check_speed.py"
 
 
 def test_check_benchmark_runs_quick(tmp_path: Path) -> None:

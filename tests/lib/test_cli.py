@@ -21,7 +21,7 @@ import torch
 
 from weightshare._cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import benchmark_results as report  # docs/_ext/, on sys.path through conftest
 import matplotlib.pyplot as plt
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "train_step.py"
 
 

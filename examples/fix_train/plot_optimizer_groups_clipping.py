@@ -218,4 +218,4 @@ tied_swa = round(ema_swa.module.emb.weight[0, 0].item(), 6)
 # allocated for each listing of a tied parameter).
 #
 # Next: the :doc:`API reference </api>` for both functions, and the training step
-# in :doc:`/auto_examples/training/plot_gpu_training_step`.
+# in :doc:`/auto_examples/learn/plot_4_gpu_training_step`.

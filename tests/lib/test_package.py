@@ -9,7 +9,7 @@ from pathlib import Path
 
 import weightshare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITE_ONLY = {"sphinx", "docutils", "sphinx_gallery", "myst_parser"}
 
 

@@ -15,6 +15,7 @@ import gallery_doctest
 import gallery_downloads
 import gallery_graphviz
 import graphviz
+import moved_pages
 import offline_site
 import pytest
 import torch
@@ -190,6 +191,7 @@ EXTENSIONS = [
     gallery_downloads,
     offline_site,
     benchmark_results,
+    moved_pages,
 ]
 
 
@@ -228,6 +230,7 @@ def test_setup_registers_every_hook() -> None:
     assert ("doctree-read", offline_site.drop_remote_scripts) in connected
     assert ("missing-reference", offline_site.resolve_alias) in connected
     assert ("builder-inited", gallery_downloads._offer_wheel) in connected
+    assert ("build-finished", moved_pages.write_redirects) in connected
     assert renderers == ["mathml"]
     assert {"weightshare_wheel_project", "benchmark_results_dir"} <= set(configs)
 
@@ -243,6 +246,7 @@ def _config(**values: Any) -> Any:
         "weightshare_wheel_project": "",
         "weightshare_reference_aliases": {"a.B": "c.B"},
         "benchmark_results_dir": "results",
+        "weightshare_moved_pages": {"old/page": "new/page"},
     }
     base.update(values)
     return types.SimpleNamespace(**base)
@@ -681,3 +685,23 @@ def test_the_extensions_docstring_examples_pass(extension: Any) -> None:
 
     result = doctest.testmod(extension, globs={}, verbose=False)
     assert result.failed == 0
+
+
+def test_a_moved_page_redirects_relative_to_its_old_folder() -> None:
+    page = moved_pages.redirect_html("a/b/old", "c/new", "New <title>")
+    assert '<meta http-equiv="refresh" content="0; url=../../c/new.html">' in page
+    assert '<link rel="canonical" href="../../c/new.html">' in page
+    assert "New &lt;title&gt;" in page  # escaped, and said for a reader to click
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [["a", "b"], {"a.html": "b"}, {"a": 3}],
+    ids=["not-a-dict", "html-suffix", "not-a-name"],
+)
+def test_moved_pages_config_is_checked(moved: Any) -> None:
+    from sphinx.errors import ConfigError
+
+    config = types.SimpleNamespace(weightshare_moved_pages=moved)
+    with pytest.raises(ConfigError, match="weightshare_moved_pages"):
+        moved_pages.check_config(None, config)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "load_memory.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load_memory.py"
 
 
 def test_load_memory_benchmark_runs_quick(tmp_path: Path) -> None:

@@ -32,10 +32,10 @@ pytestmark = pytest.mark.slow
 
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 GALLERY_PAGES = {
-    "two-layers": "auto_examples/basics/plot_two_layers_one_weight.html",
-    "siamese": "auto_examples/architectures/plot_siamese.html",
-    "transformer": "auto_examples/architectures/plot_tied_transformer.html",
-    "gpu-step": "auto_examples/training/plot_gpu_training_step.html",
+    "two-layers": "auto_examples/learn/plot_1_two_layers_one_weight.html",
+    "siamese": "auto_examples/learn/plot_3_siamese.html",
+    "transformer": "auto_examples/learn/plot_2_tied_transformer.html",
+    "gpu-step": "auto_examples/learn/plot_4_gpu_training_step.html",
 }
 DESKTOP = (1280, 800)
 PHONE = (390, 844)  # CSS pixels of a common phone
@@ -235,7 +235,7 @@ def _search(driver: Any, site_url: str, query: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("query", "page"),
-    [("siamese", "plot_siamese.html"), ("tied embedding", "plot_tied_transformer")],
+    [("siamese", "plot_3_siamese.html"), ("tied embedding", "plot_2_tied_transformer")],
 )
 def test_search_box_finds_the_page(
     driver: Any, site_url: str, query: str, page: str

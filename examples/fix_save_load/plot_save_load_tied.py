@@ -283,6 +283,7 @@ workdir.cleanup()
 # visits last. With Hugging Face models, ``tie_word_embeddings`` must match how the
 # checkpoint was trained.
 #
-# Next: :doc:`plot_meta_device_init` (ties lost before the first step, when a model
-# is built on the meta device), the :doc:`symptom index </symptoms>`, and
+# Next: :doc:`/auto_examples/fix_build/plot_meta_device_init` (ties lost before the
+# first step, when a model is built on the meta device), the
+# :doc:`symptom index </symptoms>`, and
 # :func:`weightshare.checkpoint_groups` in the :doc:`API reference </api>`.

@@ -215,6 +215,6 @@ weightshare.tie(parametrized, "dec.weight", "enc.weight", transpose=True)
 # :func:`weightshare.storage_aliases` (second objects over one memory); for Wᵀ use
 # ``F.linear(x, w.t())`` or ``weightshare.tie(..., transpose=True)``.
 #
-# Next: :doc:`plot_save_load_tied` (keeping the tie through a checkpoint), the
-# :doc:`symptom index </symptoms>`, and :func:`weightshare.tie` in the
-# :doc:`API reference </api>`.
+# Next: :doc:`/auto_examples/fix_save_load/plot_save_load_tied` (keeping the tie
+# through a checkpoint), the :doc:`symptom index </symptoms>`, and
+# :func:`weightshare.tie` in the :doc:`API reference </api>`.

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inspect_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inspect_speed.py"
 
 
 def test_inspect_benchmark_runs_quick() -> None:
