@@ -115,8 +115,8 @@ per_use = weightshare.grad_contributions(
 # A hook that acts per call acts on a part
 # ----------------------------------------
 # A hook that returns a tensor replaces the gradient; a common way to clip a
-# weight's gradient is a hook that clamps it. Clamping two parts and adding them is
-# not clamping the sum: under reentrant checkpointing the clip lets twice through.
+# weight's gradient is a hook that clamps it. Clamping two parts and adding them
+# is not clamping the sum: reentrant checkpointing lets up to twice the limit by.
 LIMIT = 1.0
 
 
@@ -238,8 +238,8 @@ tied_calls = [tied_hook_calls(head_inside) for head_inside in (False, True)]
 # ----------
 # A gradient hook on a shared weight gets one call with the sum in plain autograd
 # and with ``use_reentrant=False``, but one call per checkpointed use under
-# reentrant checkpointing: ``.grad`` still adds up, while a clamp lets twice the
-# limit through and DDP and ZeRO-2 stop. Pass ``use_reentrant=False`` wherever a
+# reentrant checkpointing: ``.grad`` still adds up, but a clamp lets up to twice
+# the limit through and DDP and ZeRO-2 stop. Pass ``use_reentrant=False`` where a
 # shared weight is used inside a checkpoint (the fix the reporter of
 # `pytorch#81296 <https://github.com/pytorch/pytorch/issues/81296>`_ confirmed).
 # DDP's error with two processes, and ``static_graph=True`` as a second fix, are
