@@ -168,7 +168,7 @@ weightshare.retie(model, guard.groups)
 # Fix 2: swap the tensors inside the Parameter
 # --------------------------------------------
 # ``set_swap_module_params_on_conversion(True)`` makes ``_apply`` convert with
-# :func:`torch.utils.swap_tensors`, which exchanges the contents of the old
+# ``torch.utils.swap_tensors``, which exchanges the contents of the old
 # Parameter and the new tensor, whatever their types: the object stays, so the tie
 # stays, and an optimizer made earlier still holds the model's parameters. It
 # takes precedence over the overwrite flag.
