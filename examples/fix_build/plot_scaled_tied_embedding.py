@@ -26,6 +26,7 @@ times too small with most predictions changed. Then the fix.
 # width of d = 1152, with one layer and a vocabulary of 64.
 import copy
 import inspect
+import textwrap
 
 import torch
 from transformers import GemmaConfig, GemmaForCausalLM
@@ -45,7 +46,7 @@ config = GemmaConfig(
 )
 gemma = GemmaForCausalLM(config).eval()
 embed = gemma.model.embed_tokens
-print(inspect.getsource(type(embed).forward))
+print(textwrap.dedent(inspect.getsource(type(embed).forward)))
 
 # %%
 # >>> weightshare.shared_groups(gemma)
