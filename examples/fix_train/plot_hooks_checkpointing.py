@@ -17,9 +17,9 @@ with ``use_reentrant=False``.
 # One layer applied twice
 # -----------------------
 # A layer reused at two depths (as ALBERT reuses its layers) is one weight used
-# twice, like a tied embedding and output layer. Each application can be wrapped
-# in :func:`torch.utils.checkpoint.checkpoint`, which drops the layer's
-# activations in the forward pass and recomputes them during backward.
+# twice, like a tied embedding and output layer. Activation checkpointing
+# (:func:`~torch.utils.checkpoint.checkpoint`) around each application drops its
+# activations and recomputes them in backward.
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -52,8 +52,7 @@ x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
 
 
 def hooked_backward(model: Repeated) -> tuple[list[torch.Tensor], int]:
-    """One backward: what a hook on ``shared.weight`` saw, and how often ``.grad``
-    was accumulated into."""
+    """One backward: what a hook on ``shared.weight`` saw; how often ``.grad`` grew."""
     weight = model.shared.weight
     seen: list[torch.Tensor] = []
     accumulated: list[int] = []
@@ -140,11 +139,12 @@ clipped = {mode: clipped_grad_max(mode) for mode in (None, True)}
 # :class:`~torch.nn.parallel.DistributedDataParallel` marks a parameter "ready" for
 # its all-reduce from a hook on its gradient accumulation; a second call in one
 # backward is an error. A process group of one rank, made in this process, shows
-# it. DeepSpeed's ZeRO-2 and ZeRO-3 reduce from such a hook too and assert with the
-# message at the top of this page (a layer reused six times, `DeepSpeed#2103
-# <https://github.com/deepspeedai/DeepSpeed/issues/2103>`_; a Siamese encoder,
-# `DeepSpeed#988 <https://github.com/deepspeedai/DeepSpeed/issues/988>`_, where a
-# maintainer traced it to checkpointing calling the hook once per use).
+# it. DeepSpeed's ZeRO-2 and ZeRO-3 reduce from such a hook too, and ZeRO-2 asserts
+# with the message at the top of this page (a layer reused six times,
+# `DeepSpeed#2103 <https://github.com/deepspeedai/DeepSpeed/issues/2103>`_; a
+# Siamese encoder, `DeepSpeed#988
+# <https://github.com/deepspeedai/DeepSpeed/issues/988>`_, where a maintainer
+# traced it to checkpointing calling the hook once per use of a shared weight).
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -188,9 +188,8 @@ fixed_ddp_error = ddp_backward(reentrant=False)
 # reentrant path.
 import warnings
 
-layer = nn.Linear(8, 8)
-calls = []
-layer.weight.register_hook(lambda grad: calls.append(grad))
+layer, calls = nn.Linear(8, 8), []
+layer.weight.register_hook(calls.append)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     h = x.clone().requires_grad_()
@@ -207,8 +206,9 @@ with warnings.catch_warnings(record=True) as caught:
 # any checkpoint share the outer one. A tied embedding and output layer with only
 # the block between them checkpointed see one call; with the head inside the
 # checkpoint (computed there with the loss, to save the logits' memory), two.
-# transformers 5.23 checkpoints only the decoder layers, and passes
-# ``use_reentrant=False`` unless told otherwise.
+# transformers 5.23 checkpoints only its layer classes (``GradientCheckpointingLayer``),
+# not the embedding or the head, and passes ``use_reentrant=False`` unless told
+# otherwise.
 emb, block = nn.Embedding(16, 8), nn.Linear(8, 8)
 head = nn.Linear(8, 16, bias=False)
 head.weight = emb.weight  # the tie
