@@ -114,7 +114,8 @@ draw_weights({"model (tied)": model, "copied": copied})
 # .. math::
 #
 #    \frac{\partial L}{\partial w}
-#    = \sum_{i=1}^{k} \frac{\partial L}{\partial u_i} \frac{\partial u_i}{\partial w}
+#    = \sum_{i=1}^{k} \frac{\partial L}{\partial u_i}
+#      \frac{\partial u_i}{\partial w}
 #    = \sum_{i=1}^{k} \frac{\partial L}{\partial u_i},
 #
 # since each ``∂u_i/∂w`` is 1. Here, with ``x = 1``, the forward pass gives
