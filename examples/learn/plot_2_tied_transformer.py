@@ -1,5 +1,5 @@
 """
-2. The three-way tied Transformer
+2. The tied-embedding Transformer
 =================================
 
 An "Attention Is All You Need" implementation ties three matrices in one line,
