@@ -62,18 +62,19 @@ import graphviz
 
 def draw_weights(models: dict[str, nn.Module]) -> graphviz.Digraph:
     """Attribute names -> Parameter objects -> storages, for each model."""
-    graph = graphviz.Digraph(graph_attr={"rankdir": "LR"}, node_attr={"shape": "box"})
+    graph = graphviz.Digraph(node_attr={"shape": "box"})
     for title, net in models.items():
         with graph.subgraph(name=f"cluster_{title}") as box:
             box.attr(label=title)
+            edges = {}  # each arrow once, in the order drawn
             for name in ("fc1.weight", "fc2.weight"):
                 param = net.get_parameter(name)
                 obj, data = f"{title}/{id(param)}", f"{title}/{param.data_ptr()}"
                 box.node(f"{title}/{name}", name, shape="plaintext")
                 box.node(obj, f"Parameter\nid {id(param):#x}", style="filled")
                 box.node(data, f"storage\ndata_ptr {param.data_ptr():#x}")
-                box.edge(f"{title}/{name}", obj)
-                box.edge(obj, data)
+                edges.update(dict.fromkeys([(f"{title}/{name}", obj), (obj, data)]))
+            box.edges(list(edges))
     return graph
 
 

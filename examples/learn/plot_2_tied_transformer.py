@@ -15,11 +15,10 @@ names at once, through 300 steps of training that reverse held-out sequences.
 # The model: three uses, one line
 # -------------------------------
 # :class:`~torch.nn.Transformer` supplies the encoder and decoder stacks; around it
-# sit the three layers that touch the vocabulary of ``V`` tokens: the encoder
-# embedding, the decoder embedding, and the generator that scores every token at
-# every output position. As in Vaswani et al. (2017, §3.4), the embeddings are
-# multiplied by √d_model and the three matrices are one parameter (the generator's
-# initial values survive the chained assignment). No transpose is needed:
+# sit the three layers that touch the vocabulary of ``V`` tokens: two embeddings and
+# the generator that scores every token at every output position. As in Vaswani et
+# al. (2017, §3.4), the embeddings are multiplied by √d_model and the three matrices
+# are one parameter (the generator's initial values survive). No transpose is needed:
 # ``Embedding(V, d).weight`` is V × d, one row per token, and so is
 # ``Linear(d, V).weight``, which PyTorch stores as (out features, in features).
 import math
@@ -90,10 +89,9 @@ uses = [tied.encoder_embedding, tied.decoder_embedding, tied.generator]
 # The task: reverse a sequence
 # ----------------------------
 # A source is 8 random symbols (tokens 1 to 15); its target is the same symbols
-# reversed. The decoder reads the target shifted right behind ``BOS`` (token 0). All
-# 300 training batches of 128 sequences are drawn up front, so both models see the
-# same data; 1000 test sequences are drawn too, and any that occurs in training is
-# dropped.
+# reversed, read by the decoder shifted right behind ``BOS`` (token 0). The 300
+# training batches of 128 are drawn up front, so both models see the same data; of
+# 1000 test sequences, any that occurs in training is dropped.
 import torch.nn.functional as F
 
 STEPS, BATCH = 300, 128
@@ -136,13 +134,10 @@ contributions = weightshare.grad_contributions(
 loss_on(tied, pi_src).backward()
 entry = (1, 0)  # row of token 1, read by both embeddings and scored by the generator
 terms = {use: grad[entry].item() for use, grad in contributions.items()}
-rows = {
-    use: g.norm(dim=1).nonzero().flatten().tolist() for use, g in contributions.items()
-}
-for use, term in terms.items():
-    print(f"{use:>17}: {term:+.6f}")
-print(f"{'sum':>17}: {sum(terms.values()):+.6f}")
-print(f"{'shared.grad':>17}: {shared.grad[entry]:+.6f}")
+print(" + ".join(f"{term:.6f} ({use})" for use, term in terms.items()))
+print(
+    f"= {sum(terms.values()):.6f}; shared.grad{list(entry)} = {shared.grad[entry]:.6f}"
+)
 
 # %%
 # Entry by entry, the three terms add up to the stored gradient:
@@ -154,13 +149,9 @@ print(f"{'shared.grad':>17}: {shared.grad[entry]:+.6f}")
 # >>> all(term != 0 for term in terms.values())
 # True
 #
-# Their *norms* do not add (a norm of a sum is at most the sum of the norms), so
-# compare gradients entry by entry, never by their lengths. An embedding lookup
-# reads only the rows of the tokens it is given, so only those rows get gradient
-# from it, while the generator scores every token and reaches every row:
-#
-# >>> rows["encoder_embedding"], len(rows["generator"]) == V
-# ([1, 2, 3, 4, 5, 6, 9], True)
+# Their *norms* do not add (the norm of a sum is at most the sum of the norms), so
+# compare gradients entry by entry, never by their lengths.
+
 
 # %%
 # Training side by side
@@ -169,13 +160,10 @@ print(f"{'shared.grad':>17}: {shared.grad[entry]:+.6f}")
 # linearly to zero; nothing in a step is random, so each run is fixed by its start.
 # The decoder then generates greedily from ``BOS``; accuracy is the share of
 # held-out tokens put in the right place.
-import time
-
-
 def train(model):
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / STEPS)
-    losses, start = [], time.perf_counter()
+    losses = []
     for src in train_src:
         loss = loss_on(model, src)
         optimizer.zero_grad()
@@ -183,7 +171,7 @@ def train(model):
         optimizer.step()
         decay.step()
         losses.append(loss.item())
-    return optimizer, losses, time.perf_counter() - start
+    return optimizer, losses
 
 
 @torch.no_grad()
@@ -199,8 +187,8 @@ def accuracy(model):
     return (greedy_decode(model, test_src) == test_src.flip(1)).float().mean().item()
 
 
-tied_optimizer, tied_losses, tied_seconds = train(tied)
-untied_optimizer, untied_losses, untied_seconds = train(untied)
+tied_optimizer, tied_losses = train(tied)
+untied_optimizer, untied_losses = train(untied)
 tied_accuracy, untied_accuracy = accuracy(tied), accuracy(untied)
 first_below = {  # the first step whose batch loss fell under 0.05
     name: next(step for step, loss in enumerate(losses) if loss < 0.05)
@@ -208,7 +196,6 @@ first_below = {  # the first step whose batch loss fell under 0.05
 }
 print(f"accuracy: tied {tied_accuracy:.2%}, untied {untied_accuracy:.2%}")
 print(f"loss first under 0.05 at step: {first_below}")
-print(f"seconds: {tied_seconds:.1f} tied, {untied_seconds:.1f} untied (wall clock)")
 
 # %%
 # Both models reverse at least 99% of the held-out tokens correctly:
@@ -233,18 +220,20 @@ def draw(models):
     for title, (net, optimizer) in models.items():
         with graph.subgraph(name=f"cluster_{title}") as box:
             box.attr(label=title)
+            edges = {}  # each arrow once: the tied names share the boxes after theirs
             for name in ("encoder_embedding", "decoder_embedding", "generator"):
                 param = net.get_submodule(name).weight
-                chain = [
-                    (f"{name}.weight", "plaintext"),
-                    (f"Parameter\nid {id(param):#x}", "box"),
-                    (f".grad\nid {id(param.grad):#x}", "box"),
-                    (f"Adam state\nid {id(optimizer.state[param]):#x}", "box"),
+                labels = [
+                    f"Parameter\nid {id(param):#x}",
+                    f".grad\nid {id(param.grad):#x}",
+                    f"Adam state\nid {id(optimizer.state[param]):#x}",
                 ]
-                keys = [f"{title}/{label}" for label, _ in chain]
-                for key, (label, shape) in zip(keys, chain, strict=True):
-                    box.node(key, label, shape=shape)
-                box.edges(itertools.pairwise(keys))
+                box.node(f"{title}/{name}", f"{name}.weight", shape="plaintext")
+                for label in labels:
+                    box.node(f"{title}/{label}", label)
+                keys = [f"{title}/{name}", *(f"{title}/{label}" for label in labels)]
+                edges.update(dict.fromkeys(itertools.pairwise(keys)))
+            box.edges(list(edges))
     return graph
 
 
@@ -263,12 +252,10 @@ draw({"tied": (tied, tied_optimizer), "untied": (untied, untied_optimizer)})
 # 2
 
 # %%
-# What the tie saves, and what the papers measured
-# ------------------------------------------------
-# :func:`weightshare.count_parameters` counts each parameter object once, and also
-# what a naive sum over ``state_dict()`` reports, where the tied matrix appears under
-# all three names. Untying adds two V×d matrices, and with them two gradients and
-# two pairs of Adam moments.
+# What the tie saves
+# ------------------
+# :func:`weightshare.count_parameters` counts each parameter object once, and what
+# a naive sum over ``state_dict()`` reports (the tied matrix under all three names).
 count_tied = weightshare.count_parameters(tied)
 count_untied = weightshare.count_parameters(untied)
 
@@ -278,28 +265,17 @@ count_untied = weightshare.count_parameters(untied)
 # >>> count_tied.state_dict == count_untied.unique
 # True
 #
-# With 16 tokens that is 1024 parameters, and this small task gains nothing from
-# the tie: the untied model's loss falls under 0.05 sooner, here and at the other
-# seeds the project's tests try.
+# With 16 tokens that is 1024 parameters, and this small task gains nothing from the
+# tie: the untied model's loss falls under 0.05 sooner, here and at the other seeds
+# the project's tests try.
 #
 # >>> first_below["untied"] < first_below["tied"] < STEPS
 # True
 #
-# The gains are published for large vocabularies of rare words, whose input rows
-# learn only when the word appears while their output rows learn from every softmax.
-# Press & Wolf (2017, "Using the Output Embedding to Improve Language Models",
-# arXiv:1608.05859) report lower Penn Treebank perplexity with the tie for their
-# LSTM language models; Inan, Khosravi & Socher (2017, "Tying Word Vectors and Word
-# Classifiers", arXiv:1611.01462) derive it from a loss framework. Vaswani et al.'s
-# base model shares one matrix of about 37 000 tokens × 512 among its three uses:
-vaswani_matrix = 37_000 * 512
-
-# %%
-# >>> round(vaswani_matrix / 1e6, 1)
-# 18.9
-#
-# Untying all three would add two such matrices, about 38 million parameters to a
-# model of about 65 million.
+# The published gains come from large vocabularies of rare words, whose output rows
+# learn from every softmax: Press & Wolf (2017, "Using the Output Embedding to
+# Improve Language Models", arXiv:1608.05859) report lower Penn Treebank perplexity
+# with the tie for their LSTM language models.
 #
 # Conclusion
 # ----------
