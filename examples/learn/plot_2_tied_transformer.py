@@ -237,7 +237,7 @@ def draw(models):
     return graph
 
 
-draw({"tied": (tied, tied_optimizer), "untied": (untied, untied_optimizer)})
+draw({"untied": (untied, untied_optimizer), "tied": (tied, tied_optimizer)})
 
 # %%
 # >>> all(layer.weight is shared for layer in uses)
