@@ -224,9 +224,8 @@ print(f"{len(distance)} held-out pairs, {auc = :.5f}")
 # >>> auc >= 0.999
 # True
 #
-# The digits raw pixels get wrong are drawn below, each titled with its true digit
-# and the two classifiers' answers. Most are digits written off-centre or at a
-# slant, where a pixel-by-pixel distance compares the wrong pixels.
+# The held-out digits that raw pixels get wrong are drawn below, each titled with its
+# true digit, then the answers of raw pixels (px) and of the embedding (emb).
 import matplotlib.pyplot as plt
 
 wrong = (raw_predicted != y_test).nonzero().flatten()
@@ -238,6 +237,11 @@ for ax, k in zip(np.atleast_1d(axes), wrong.tolist(), strict=True):
 plt.show()
 
 # %%
+# The embedding gets most of them right:
+#
+# >>> len(wrong), int((predicted[wrong] == y_test[wrong]).sum())
+# (11, 10)
+#
 # One set of weights
 # ------------------
 # :func:`weightshare.count_parameters` counts each parameter object once. Two
