@@ -77,8 +77,9 @@ count = weightshare.count_parameters(model)
 # A tie is the identity of one :class:`~torch.nn.Parameter` object, so the question is
 # whether moving the model keeps that object. It does: ``Module.to`` converts each
 # parameter in place (it replaces the tensor's data, or swaps it in, under the same
-# Python object). A :class:`weightshare.TieGuard` records the tie here, to check it
-# after the step.
+# Python object); one global setting changes that, shown on
+# :doc:`/auto_examples/fix_build/plot_module_conversion`. A
+# :class:`weightshare.TieGuard` records the tie here, to check it after the step.
 shared = model.wte.weight
 model.to(device)
 guard = weightshare.TieGuard(model)
