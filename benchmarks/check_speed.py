@@ -140,7 +140,7 @@ def run_load_file_pread(path: str) -> list[list[str]]:
 def worker(method: str, path: str) -> None:
     """Run one method, after its imports, and print its measurements as JSON."""
     if method == "check":
-        import weightshare._check  # noqa: F401  (imported outside the timing)
+        import weightshare._checkpoint._check  # noqa: F401  (imported outside the timing)
 
         operation = run_check
     else:
