@@ -302,9 +302,14 @@ def test_corrupt_header_entries(
     assert expected in problem(path)
 
 
-def test_corrupt_recorded_groups(tmp_path: Path) -> None:
+def test_corrupt_recorded_groups_are_a_finding_not_an_error(tmp_path: Path) -> None:
+    # safetensors opens the file, so check reads it; weightshare.load refuses it
     path = save(tmp_path / "m.safetensors", {"a": torch.ones(1)}, **{GROUPS_KEY: "{"})
-    assert "corrupt metadata" in problem(path)
+    [finding] = ws.check(path).findings
+    assert finding.kind == "bad-metadata"
+    assert "'weightshare.shared_groups' metadata is not valid" in finding.message
+    with pytest.raises(ws.CheckpointError):
+        ws.load(torch.nn.Linear(1, 1), path)
 
 
 def test_oversized_header_length(tmp_path: Path) -> None:
@@ -696,10 +701,14 @@ def test_model_class_from_auto_classes(
     assert "(ViTModel chosen by AutoModel: " in ws.check(folder).method
     gpt = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50)
     gpt.save_pretrained(folder)  # a causal LM without "architectures"
-    assert "(GPT2LMHeadModel chosen by AutoModelForCausalLM: " in ws.check(folder).method
+    assert (
+        "(GPT2LMHeadModel chosen by AutoModelForCausalLM: " in ws.check(folder).method
+    )
     gpt.architectures = ["MyOwnGPT2"]  # a class transformers does not have
     gpt.save_pretrained(folder)
-    assert "(GPT2LMHeadModel chosen by AutoModelForCausalLM: " in ws.check(folder).method
+    assert (
+        "(GPT2LMHeadModel chosen by AutoModelForCausalLM: " in ws.check(folder).method
+    )
 
 
 def test_base_model_names_without_the_prefix(

@@ -130,11 +130,15 @@ def _read_safetensors(folder: Path, files: list[str], kind: str) -> Contents:
     entries: dict[str, Entry] = {}
     recorded: list[list[str]] = []
     dropped: dict[str, str] = {}
+    bad: list[str] = []
     try:
         for name in files:
             found, groups, gone = read_safetensors(folder / name, name, data)
             _merge(entries, found)
-            recorded += groups
+            if isinstance(groups, str):
+                bad.append(f"{name}: {groups}")
+            else:
+                recorded += groups
             dropped.update(gone)
     except BaseException:
         data.close()
@@ -142,7 +146,7 @@ def _read_safetensors(folder: Path, files: list[str], kind: str) -> Contents:
     stored = sum(entry.nbytes for entry in entries.values())
     dropped = {gone: kept for gone, kept in dropped.items() if kept in entries}
     contents = Contents(kind, files, entries, recorded, [], [], stored, data)
-    contents.dropped = dropped
+    contents.dropped, contents.bad_metadata = dropped, bad
     return contents
 
 

@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{PROG} check: error: {err}", file=sys.stderr, flush=True)
             continue
         except Exception as err:  # a bug here: still one line, never a traceback
-            problem = f"{path}: unexpected {type(err).__name__}: {err}"
+            problem = f"{path}: internal error ({type(err).__name__}: {err})"
             errors.append({"path": path, "problem": problem})
             print(f"{PROG} check: error: {problem}", file=sys.stderr, flush=True)
             continue

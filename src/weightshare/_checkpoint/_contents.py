@@ -67,3 +67,4 @@ class Contents:
     stored_bytes: int
     data: Data
     dropped: dict[str, str] = field(default_factory=dict)  # save_model: gone -> kept
+    bad_metadata: list[str] = field(default_factory=list)  # what is wrong with groups

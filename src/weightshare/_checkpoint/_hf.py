@@ -210,5 +210,3 @@ def _embedding(entries: dict[str, Entry]) -> str | None:
         if name.endswith(suffix)
     ]
     return min(found)[-1] if found else None
-
-

@@ -110,8 +110,9 @@ class Finding:
         shape or dtype), ``"model-shape"`` (a tensor whose shape differs from the
         model built from ``config.json``), ``"tie-missing"`` (a tie none of whose
         names is in the file), ``"untied-missing"`` (the config unties the
-        output layer, which the file lacks) or ``"missing"`` (other tensors of
-        the model that the file lacks and no tie fills).
+        output layer, which the file lacks), ``"missing"`` (other tensors of
+        the model that the file lacks and no tie fills) or ``"bad-metadata"``
+        (the groups :func:`weightshare.save` records cannot be read).
     names : tuple of str
         The tensors concerned.
     bytes : int

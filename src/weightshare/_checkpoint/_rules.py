@@ -71,7 +71,8 @@ def findings(
     contents: Contents, declared: Declared | None, found: list[Tie]
 ) -> tuple[list[Finding], int]:
     """Every finding, and the number of constant groups left out of duplicates."""
-    out = _model_shapes(contents, declared)
+    out = [_bad_metadata(problem) for problem in contents.bad_metadata]
+    out += _model_shapes(contents, declared)
     wrong = {name for finding in out for name in finding.names}
     for tie in found:
         out += _tie_findings(tie, contents, declared, wrong)
@@ -82,6 +83,19 @@ def findings(
     duplicates, constant = _duplicates(contents)
     out += [_duplicate(group, contents.entries, found) for group in duplicates]
     return out, constant
+
+
+def _bad_metadata(problem: str) -> Finding:
+    return Finding(
+        "bad-metadata",
+        (),
+        0,
+        f"{problem}: the file is valid safetensors, but its recorded tie groups "
+        "cannot be read",
+        "weightshare.load refuses the file with a CheckpointError; other loaders "
+        "ignore the metadata and load the tensors untied",
+        "save again from the model with weightshare.save",
+    )
 
 
 def _model_shapes(contents: Contents, declared: Declared | None) -> list[Finding]:
@@ -180,7 +194,9 @@ def _tie_shape(tie: Tie, entries: dict[str, Entry]) -> Finding:
     return Finding("tie-shape", tuple(tie.saved), 0, message, on_load, fix)
 
 
-def _tie_differs(tie: Tie, first: str, differ: list[str], contents: Contents) -> Finding:
+def _tie_differs(
+    tie: Tie, first: str, differ: list[str], contents: Contents
+) -> Finding:
     worst: float | None = None
     count: int | None = None
     for other in differ:
@@ -303,7 +319,9 @@ def _identical(names: list[str], data: Data) -> list[list[str]]:
     return found
 
 
-def _duplicate(group: list[str], entries: dict[str, Entry], found: list[Tie]) -> Finding:
+def _duplicate(
+    group: list[str], entries: dict[str, Entry], found: list[Tie]
+) -> Finding:
     entry = entries[group[0]]
     wasted = entry.nbytes * (len(group) - 1)
     tie = next((t for t in found if set(group) <= set(t.names)), None)

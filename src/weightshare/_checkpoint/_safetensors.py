@@ -74,12 +74,14 @@ def _no_constant(name: str) -> object:
 
 def read_safetensors(
     path: Path, label: str, data: MappedFiles
-) -> tuple[dict[str, Entry], list[list[str]], dict[str, str]]:
+) -> tuple[dict[str, Entry], list[list[str]] | str, dict[str, str]]:
     """The tensors of one safetensors file (validated), recorded groups and ties.
 
-    ``label`` is the name given to the file in the report. The ties are those
-    ``safetensors.torch.save_model`` records: its metadata maps each dropped name
-    to the name it kept.
+    ``label`` is the name given to the file in the report. The groups are those
+    :func:`weightshare.save` records, or what is wrong with them (a string: the
+    file is valid safetensors, but :func:`weightshare.load` refuses it). The ties
+    are those ``safetensors.torch.save_model`` records: its metadata maps each
+    dropped name to the name it kept.
     """
     size = path.stat().st_size
     if size < 8:
@@ -128,7 +130,7 @@ def _header(raw: bytes) -> _Object:
 
 
 def _utf8(value: object) -> None:
-    """Refuse lone surrogates (``"\\ud800"``): Python's JSON accepts them, Rust's not."""
+    """Refuse lone surrogates (``"\\ud800"``): Python's JSON takes them, Rust's not."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -169,10 +171,16 @@ def _span(path: Path, start: int, name: str, value: object, label: str) -> Span:
         raise Unreadable(f"corrupt header: entry {name!r} repeats a field")
     code, shape, offsets = (value.get(key) for key in FIELDS)
     if not isinstance(code, str) or code not in DTYPES:
-        raise Unreadable(f"corrupt header: entry {name!r} has no known dtype ({code!r})")
+        raise Unreadable(
+            f"corrupt header: entry {name!r} has no known dtype ({code!r})"
+        )
     if not isinstance(shape, list) or not all(map(_u64, shape)):
         raise Unreadable(f"corrupt header: entry {name!r} has no valid shape")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_u64, offsets)):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(map(_u64, offsets))
+    ):
         raise Unreadable(f"corrupt header: entry {name!r} has no valid data_offsets")
     dtype, bits = DTYPES[code]
     elements = math.prod(shape)
@@ -199,7 +207,9 @@ def _check_coverage(spans: list[Span], base: int, size: int) -> None:
     end = base
     for span in spans:
         if span.start != end or span.end < span.start:
-            what = "overlaps the tensor before it" if span.start < end else "leaves a gap"
+            what = (
+                "overlaps the tensor before it" if span.start < end else "leaves a gap"
+            )
             if span.end < span.start:
                 what = "ends before it starts"
             raise Unreadable(
@@ -220,13 +230,13 @@ def _check_coverage(spans: list[Span], base: int, size: int) -> None:
         )
 
 
-def _recorded(metadata: dict[str, str]) -> list[list[str]]:
+def _recorded(metadata: dict[str, str]) -> list[list[str]] | str:
     if GROUPS_KEY not in metadata:
         return []
     try:
         return parse_groups(json.loads(metadata[GROUPS_KEY]))
-    except (TypeError, ValueError) as err:
-        raise Unreadable(f"corrupt metadata: {one_line(err)}") from err
+    except (TypeError, ValueError, RecursionError) as err:
+        return f"its {GROUPS_KEY!r} metadata is not valid ({one_line(err)})"
 
 
 def _dropped(metadata: dict[str, str], entries: dict[str, Entry]) -> dict[str, str]:

@@ -172,7 +172,9 @@ def read_torch(
         try:
             return from_torch(obj)
         except ValueError as err:
-            raise Unreadable(f"corrupt weightshare checkpoint: {one_line(err)}") from err
+            raise Unreadable(
+                f"corrupt weightshare checkpoint: {one_line(err)}"
+            ) from err
     tensors: dict[str, torch.Tensor] = {}
     _flatten(obj, "", tensors)
     return tensors, []

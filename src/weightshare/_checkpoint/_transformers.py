@@ -25,7 +25,8 @@ from ._hf import Declared
 __all__ = ["HEAD_CLASSES", "from_transformers"]
 
 # When config.json names no architecture: the auto classes tried, in order, so that
-# the model has its output layer (a base model has none, and no tie to check).
+# the model has its output layer (a base model has none, and no tie to check). An
+# encoder-decoder config tries the sequence-to-sequence classes first.
 HEAD_CLASSES = (
     "AutoModelForCausalLM",
     "AutoModelForSeq2SeqLM",
@@ -115,7 +116,10 @@ def _model_class(transformers: ModuleType, config: Any) -> tuple[Any, str]:
         cls = getattr(transformers, architecture, None)
         if isinstance(cls, type):
             return cls, f"from config.json's architectures [{architecture!r}]"
-    for name in HEAD_CLASSES:
+    order = list(HEAD_CLASSES)
+    if getattr(config, "is_encoder_decoder", False):  # not its decoder alone
+        order.sort(key=lambda name: "Seq2Seq" not in name)
+    for name in order:
         auto = getattr(transformers, name)
         try:
             return auto._model_mapping[type(config)], (
