@@ -45,6 +45,15 @@ T5 = {
     "num_heads": 2,
 }
 
+VISION = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 8,
+    "patch_size": 4,
+}
+
 # (name, config class, model class, config arguments)
 ARCHITECTURES: list[tuple[str, str, str, dict[str, Any]]] = [
     (

@@ -78,15 +78,11 @@ def custom_folder(root: Path, model_type: str) -> Path:
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "evil-model"])
-def test_a_folders_custom_code_is_never_run_nor_asked_about(
+def test_a_folders_custom_code_is_never_run(
     tmp_path: Path, model_type: str, transformers: ModuleType
 ) -> None:
     folder = custom_folder(tmp_path, model_type)
-    result = run("check", str(folder), stdin="y\ny\n")  # "y" if it were asked
-    assert not (folder / "RAN").exists()
-    assert "[y/N]" not in result.stdout + result.stderr
-    assert result.returncode == 1, result.stderr  # the differing tie is found
-    report = ws.check(folder)
+    report = ws.check(folder)  # a prompt would read pytest's stdin, which raises
     assert not (folder / "RAN").exists()
     assert "config.json declares custom code (auto_map {AutoConfig: " in report.method
     assert "which was not run (trust_remote_code=False)" in report.method
@@ -95,6 +91,17 @@ def test_a_folders_custom_code_is_never_run_nor_asked_about(
     else:  # nothing to build: the config flag is read
         assert report.ties[0].source == "config"
     assert "tie-differs" in [f.kind for f in report.findings]
+
+
+@pytest.mark.slow
+def test_the_command_never_asks_to_run_a_folders_code(
+    tmp_path: Path, transformers: ModuleType
+) -> None:
+    folder = custom_folder(tmp_path, "gpt2")
+    result = run("check", str(folder), stdin="y\ny\n")  # "y" if it were asked
+    assert not (folder / "RAN").exists()
+    assert "[y/N]" not in result.stdout + result.stderr
+    assert result.returncode == 1, result.stderr  # the differing tie is found
 
 
 # --- what from_pretrained does --------------------------------------------------------
@@ -294,3 +301,38 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     )
     assert result.stdout == "{\n"
     assert result.stderr == "", result.stderr
+
+
+def flag_folder(path: Path, embedding: torch.Tensor, head: torch.Tensor) -> Path:
+    path.mkdir()
+    config = {"model_type": "gpt2", "tie_word_embeddings": True}
+    (path / "config.json").write_text(json.dumps(config))
+    tensors = {WTE: embedding, HEAD: head}
+    safetensors.torch.save_file(tensors, str(path / "model.safetensors"))
+    return path
+
+
+def test_a_tie_stored_twice_is_judged_as_from_pretrained_does(tmp_path: Path) -> None:
+    # from_pretrained compares a tie stored twice with torch.equal: -0.0 equals
+    # +0.0 (tied), a NaN never equals itself (left untied)
+    zero = torch.tensor([[0.0, 1.0]])
+    signed = flag_folder(tmp_path / "signed", zero, torch.tensor([[-0.0, 1.0]]))
+    assert ws.check(signed, use_transformers=False).findings == ()
+    nan = torch.tensor([[float("nan"), 1.0]])
+    with_nan = flag_folder(tmp_path / "nan", nan, nan.clone())
+    kinds = [f.kind for f in ws.check(with_nan, use_transformers=False).findings]
+    assert kinds == ["tie-differs", "duplicate"]
+
+
+def test_a_folder_without_transformers_needs_no_torch(tmp_path: Path) -> None:
+    weight = torch.randn(4, 2)
+    folder = flag_folder(tmp_path / "twice", weight, weight.clone())
+    code = (
+        "import sys, weightshare; "
+        f"report = weightshare.check({str(folder)!r}, use_transformers=False); "
+        "print([f.kind for f in report.findings], 'torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "['duplicate'] False"

@@ -142,6 +142,30 @@ class MappedFiles:
         return worst, total
 
     def loads_equal(self, a: str, b: str, dtype: str) -> bool:
+        left, right = self._spans[a].entry, self._spans[b].entry
+        if left.dtype == right.dtype == dtype and left.shape == right.shape:
+            if not self.equal(a, b):
+                return self._torch_equal(a, b, dtype)  # -0.0 equals +0.0
+            nan = self._has_nan(a)
+            if nan is not None:  # identical bytes: equal unless a NaN is there
+                return not nan
+        return self._torch_equal(a, b, dtype)
+
+    def _has_nan(self, name: str) -> bool | None:
+        """Whether a tensor holds a NaN, from its bits (None: not known here)."""
+        dtype = self._spans[name].entry.dtype
+        if not dtype.startswith(("float", "bfloat", "complex")):
+            return False  # integers and bool have no NaN
+        if dtype not in _NAN_BITS or _np is None:
+            return None
+        width, exponent, fraction = _NAN_BITS[dtype]
+        for part in self._chunks(name):
+            bits = _np.frombuffer(part, dtype=width)
+            if bool(((bits & exponent) == exponent)[(bits & fraction) != 0].any()):
+                return True
+        return False
+
+    def _torch_equal(self, a: str, b: str, dtype: str) -> bool:
         import torch
 
         target = getattr(torch, dtype, None)
@@ -168,6 +192,16 @@ def _release(mapped: mmap.mmap, low: int, high: int) -> None:
 
 
 _DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+
+# dtype -> (unsigned word, exponent bits, fraction bits): a NaN has every exponent bit
+# set and a fraction that is not zero (complex64 is two float32 words)
+_NAN_BITS = {
+    "float16": ("<u2", 0x7C00, 0x03FF),
+    "bfloat16": ("<u2", 0x7F80, 0x007F),
+    "float32": ("<u4", 0x7F800000, 0x007FFFFF),
+    "complex64": ("<u4", 0x7F800000, 0x007FFFFF),
+    "float64": ("<u8", 0x7FF0000000000000, 0x000FFFFFFFFFFFFF),
+}
 
 
 def _same(a: memoryview, b: memoryview) -> bool:
