@@ -188,6 +188,27 @@ ARCHITECTURES: list[tuple[str, str, str, dict[str, Any]]] = [
             "eos_token_id": 1,
         },
     ),
+    (
+        "llava",
+        "LlavaConfig",
+        "LlavaForConditionalGeneration",
+        {
+            "vision_config": VISION,
+            "text_config": {**LLAMA, "tie_word_embeddings": True},
+            "image_token_index": 5,
+            "tie_word_embeddings": True,
+        },
+    ),
+    (
+        "gemma3",
+        "Gemma3Config",
+        "Gemma3ForConditionalGeneration",
+        {
+            "vision_config": VISION,
+            "text_config": {**LLAMA, "num_key_value_heads": 1},
+            "mm_tokens_per_image": 4,
+        },
+    ),
 ]
 
 VARIANTS = (
@@ -281,6 +302,8 @@ def _variants(
     embedding, head = _names(model)
     emb_key = _in_file(model, embedding, state)
     head_key = _in_file(model, head, state) if head else None
+    if head_key == emb_key:  # a tied head has the embedding's values: not saved
+        head_key = None
     tied = bool(head) and any(
         embedding in g and head in g for g in ws.shared_groups(model)
     )
