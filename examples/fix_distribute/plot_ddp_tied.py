@@ -112,6 +112,14 @@ results = wsd.run(train_ddp, nprocs=2, timeout=60)
 # [(4464, 16), (4464, 16), (4464, 16)]
 # >>> (count.unique, count.unique_tensors), (count.state_dict, count.names)
 # ((4464, 16), (5488, 17))
+import matplotlib.pyplot as plt
+
+labels = ["state dict\n(per name)", "unique\nparameters", "all-reduced\nper step"]
+values = [count.state_dict, count.unique, results[0]["buckets"][0][0]]
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.bar(labels, values, color=["#bbbbbb", "#4c72b0", "#dd8452"])
+ax.set(ylabel="elements", title="DDP all-reduces the tied weight once")
+fig.tight_layout()
 
 # %%
 # Two ranks equal one process

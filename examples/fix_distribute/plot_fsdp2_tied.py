@@ -253,6 +253,20 @@ checkpoint.cleanup()
 # [True, True]
 # >>> resumed[0]["losses"] == trained[0]["losses"][SAVE_AT:]
 # True
+#
+# The single process, the two sharded ranks and the resumed run, step by step:
+import matplotlib.pyplot as plt
+
+steps = range(1, STEPS + 1)
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.plot(steps, reference_losses, "-", color="#999999", lw=4, label="one process")
+ax.plot(steps, trained[0]["losses"], "o", color="#4c72b0", label="FSDP2, 2 ranks")
+ax.plot(steps[SAVE_AT:], resumed[0]["losses"], "x", color="#dd8452", ms=10, mew=2,
+        label="resumed from checkpoint")  # fmt: skip
+ax.set(xticks=list(steps), xlabel="step", ylabel="loss", title="A tied GPT under FSDP2")
+ax.set_ylim(top=max(reference_losses) + 0.06)  # room for the legend
+ax.legend(loc="upper right", fontsize=8)
+fig.tight_layout()
 
 # %%
 # Conclusion

@@ -240,6 +240,23 @@ print(f"summed over the stages, copy once:      {counted_once[0]['norms'][0]:.3f
 # (True, True)
 # >>> counted_twice[0]["norms"][0] > true_norms[0] + 0.1
 # True
+#
+# Left, the copies without the all-reduce; right, the norm each run clipped by:
+import matplotlib.pyplot as plt
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+left.plot(unsynced[0]["drift"], "o-", color="#c44e52", label="no all-reduce")
+left.plot(synced[0]["drift"], "s-", color="#4c72b0", label="all-reduced")
+left.set(xticks=range(STEPS + 1), xlabel="optimizer steps", title="The two copies")
+left.set_ylabel("max |copy on rank 0 − copy on rank 1|")
+steps = range(1, STEPS + 1)
+right.plot(steps, true_norms, "-", color="#999999", lw=4, label="one process")
+right.plot(steps, counted_twice[0]["norms"], "o-", color="#c44e52", label="copy twice")
+right.plot(steps, counted_once[0]["norms"], "s", color="#4c72b0", label="copy once")
+right.set(xticks=steps, xlabel="step", ylabel="gradient norm", title="Clipped by")
+left.legend(fontsize=8)
+right.legend(fontsize=8)
+fig.tight_layout()
 
 # %%
 # Conclusion

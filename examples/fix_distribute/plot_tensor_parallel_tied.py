@@ -63,18 +63,18 @@ for tokens in batches():
 # Splitting the vocabulary
 # ------------------------
 # Both uses of a V × d tied matrix can split it the same way: by rows, that is by
-# token. Megatron-LM's ``VocabParallelEmbedding`` gives each rank a range of rows,
-# looks up only the tokens in that range (zeros for the others) and sums the ranks'
-# lookups; its GPT model passes that weight to a column-parallel output layer, whose
-# logits stay split over the vocabulary for a vocabulary-parallel cross-entropy
-# (``megatron/core/tensor_parallel/layers.py``, ``models/gpt/gpt_model.py``). With
-# PyTorch's DTensor the same plan is two styles, which torchtitan's Qwen3
-# `parallelize
+# token. Megatron-LM's ``VocabParallelEmbedding`` (in `tensor_parallel/layers.py
+# <https://github.com/NVIDIA/Megatron-LM/blob/d98e8a64ddf34856e74b24714e3bedb2f5a39553/megatron/core/tensor_parallel/layers.py>`_)
+# gives each rank a range of rows, looks up only the tokens in that range (zeros for
+# the others) and sums the ranks' lookups; its GPT model passes that weight to a
+# column-parallel output layer, whose logits stay split over the vocabulary for a
+# vocabulary-parallel cross-entropy. With PyTorch's DTensor the same plan is two
+# styles, which torchtitan's Qwen3 `parallelize
 # <https://github.com/pytorch/torchtitan/blob/057fedda0ceec552757c451a13e0952a4c0ec200/torchtitan/models/qwen3/infra/parallelize.py>`_
 # applies to ``tok_embeddings`` and ``output``: ``RowwiseParallel`` on an embedding and
-# ``ColwiseParallel`` on a linear layer both shard the weight's dimension 0.
-# :func:`~torch.distributed.tensor.parallel.loss_parallel` computes the loss on the
-# split logits. The other layers stay whole on every rank.
+# ``ColwiseParallel`` on a linear layer both shard the weight's dimension 0, and
+# ``loss_parallel`` computes the loss on the split logits. The other layers stay
+# whole on every rank.
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Replicate, Shard
@@ -190,6 +190,16 @@ print(f"largest loss difference from the single process: {loss_gap:.1e}")
 # [0.0, 0.0, 0.0]
 # >>> loss_gap < 1e-5
 # True
+import matplotlib.pyplot as plt
+
+steps = range(1, STEPS + 1)
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.plot(steps, untied[0]["drift"], "o-", color="#c44e52", label="after parallelize")
+ax.plot(steps, retied[0]["drift"], "s-", color="#4c72b0", label="tied again")
+ax.set(xticks=list(steps), xlabel="optimizer steps", title="A tied pair split by TP")
+ax.set_ylabel("max |wte.weight − lm_head.weight|")
+ax.legend()
+fig.tight_layout()
 
 
 # %%
@@ -239,9 +249,9 @@ print(local[0]["error"])
 # ``parallelize_module`` shards module by module, so it splits a tied weight into one
 # DTensor per module; the first forward pass cannot tell. Re-tie after parallelizing
 # (``model.lm_head.weight = model.wte.weight``), split both uses over the vocabulary,
-# and keep the logits split for :func:`~torch.distributed.tensor.parallel.loss_parallel`
-# (or gather them with ``output_layouts=Replicate()``). With FSDP2 on top, shard the
-# re-tied pair in one ``fully_shard`` group, as :doc:`plot_fsdp2_tied` shows
-# (`torchtitan#2495 <https://github.com/pytorch/torchtitan/issues/2495>`_). This is
-# the last page of the distributed pages; back to the :doc:`symptom index
-# </symptoms>` for the other ways a tie breaks.
+# and keep the logits split for ``loss_parallel`` (or gather them with
+# ``output_layouts=Replicate()``). With FSDP2 on top, shard the re-tied pair in one
+# ``fully_shard`` group, as :doc:`plot_fsdp2_tied` shows (`torchtitan#2495
+# <https://github.com/pytorch/torchtitan/issues/2495>`_). This is the last of the
+# distributed pages: back to the :doc:`symptom index </symptoms>` for the other ways a
+# tie breaks.
