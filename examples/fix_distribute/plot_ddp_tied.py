@@ -115,7 +115,8 @@ results = wsd.run(train_ddp, nprocs=2, timeout=60)
 import matplotlib.pyplot as plt
 
 labels = ["state dict\n(per name)", "unique\nparameters", "all-reduced\nper step"]
-values = [count.state_dict, count.unique, results[0]["buckets"][0][0]]
+all_reduced = sum(elements for elements, _ in results[0]["buckets"]) / STEPS
+values = [count.state_dict, count.unique, all_reduced]
 fig, ax = plt.subplots(figsize=(5, 3.2))
 ax.bar(labels, values, color=["#bbbbbb", "#4c72b0", "#dd8452"])
 ax.set(ylabel="elements", title="DDP all-reduces the tied weight once")
