@@ -197,12 +197,8 @@ def inputs() -> torch.Tensor:
 def train_checkpointed(use_reentrant: bool, static_graph: bool) -> dict[str, object]:
     rank, world, device = dist.get_rank(), dist.get_world_size(), wsd.device()
     model = make_shared_twice(use_reentrant).to(device)
-    ddp = DDP(
-        model,
-        device_ids=[device] if device.type == "cuda" else None,
-        find_unused_parameters=not static_graph,
-        static_graph=static_graph,
-    )
+    device_ids = [device] if device.type == "cuda" else None
+    ddp = DDP(model, device_ids=device_ids, static_graph=static_graph)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     try:
         for x in inputs():
