@@ -215,12 +215,13 @@ for label, results in [("with the all-reduce", synced), ("without it", unsynced)
 # After the all-reduce both copies hold the full tied gradient, so a global norm that
 # adds every stage's squares counts it twice: too large, and the step it clips comes
 # out too small. Megatron-LM marks the last stage's copy ``shared`` (in
-# ``LanguageModule.setup_embeddings_and_output_layer``) and leaves shared parameters
-# out of the norm (``param_is_not_shared`` in ``megatron/core/optimizer/optimizer.py``);
-# `Megatron-LM#7228 <https://github.com/NVIDIA/Megatron-LM/pull/7228>`_ brought the
-# same filter to another of its optimizers, which read the norm √2 too large.
-# ``count_once`` does the same here: stage 1 skips its copy. One process clips the
-# tied model with :func:`torch.nn.utils.clip_grad_norm_` at the same ``max_norm``.
+# ``LanguageModule.setup_embeddings_and_output_layer``) and its optimizer leaves
+# shared parameters out of the norm (``param_is_not_shared`` in `optimizer.py
+# <https://github.com/NVIDIA/Megatron-LM/blob/d98e8a64ddf34856e74b24714e3bedb2f5a39553/megatron/core/optimizer/optimizer.py>`_);
+# `Megatron-LM#7228 <https://github.com/NVIDIA/Megatron-LM/pull/7228>`_ proposes the
+# same filter for its Megatron-FSDP optimizer, which reads the norm √2 too large
+# without it. ``count_once`` does the same here: stage 1 skips its copy. One process
+# clips the tied model with :func:`torch.nn.utils.clip_grad_norm_` at ``MAX_NORM``.
 MAX_NORM = 1.0
 counted_twice = wsd.run(train_pipeline, nprocs=2, args=(True, MAX_NORM, False))
 counted_once = wsd.run(train_pipeline, nprocs=2, args=(True, MAX_NORM, True))
