@@ -257,7 +257,8 @@ for x in inputs():
 # ----------
 # DDP needs nothing special for a tied weight: it sees one parameter, reduces it
 # once, and the ranks stay identical and equal to a single process. The trap is a
-# shared layer under *reentrant* checkpointing; use ``use_reentrant=False``. Under
+# shared layer under *reentrant* checkpointing; use ``use_reentrant=False`` (why, hook
+# by hook: :doc:`/auto_examples/fix_train/plot_hooks_checkpointing`). Under
 # ``torchrun`` the same file runs the worker in each launched process, with NCCL on
 # GPUs. Next: :doc:`plot_fsdp2_tied`, where sharding the tied weight needs care, and
 # :func:`weightshare.distributed.run` in the :doc:`API reference </api>`.
