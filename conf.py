@@ -111,6 +111,10 @@ weightshare_run_requirements = _pins(
     "safetensors",
     "peft",
     "accelerate",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "gguf",
 )
 weightshare_wheel_project = ROOT
 WHEEL = f"weightshare-{release}-py3-none-any.whl"
@@ -130,6 +134,7 @@ sphinx_gallery_conf = {
             "fix_save_load",
             "fix_adapt",
             "fix_distribute",
+            "fix_export",
         )
     ],
     "within_subsection_order": "FileNameSortKey",
