@@ -119,8 +119,8 @@ readers = [n.op_type for n in dynamo_model.graph.node if "lm_head.weight" in n.i
 # %%
 # One vocabulary matrix, read by both uses. The file's size depends on where the
 # model's code is installed (each node records its Python source line); the weights
-# it holds do not, and they are fewer than the model's parameters (equal vectors,
-# such as the LayerNorms' ones, are merged too):
+# it holds do not, and they take fewer bytes than the model's parameters (equal
+# vectors, such as the LayerNorms' ones, are merged too):
 #
 # >>> vocab_sized(dynamo_model)
 # [('lm_head.weight', [512, 64])]
