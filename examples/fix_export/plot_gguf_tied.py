@@ -172,12 +172,12 @@ restored_groups = weightshare.shared_groups(restored)
 # ----------------------------
 # A converter that iterates ``state_dict()`` instead sees the tied weight under both
 # of its names and writes it twice. Every reader loads that file, and the file
-# carries a second vocabulary matrix. llama.cpp's GPT-2, BLOOM and CodeShell
-# converters copied the embedding this way until `llama.cpp#12456
-# <https://github.com/ggml-org/llama.cpp/pull/12456>`_ removed the copy and taught the
+# carries a second vocabulary matrix. llama.cpp's converters for GPT-2, BLOOM and
+# CodeShell wrote such a copy until `llama.cpp#12456
+# <https://github.com/ggml-org/llama.cpp/pull/12456>`_ removed it and taught the
 # loader to fall back; in `llama.cpp#12451
-# <https://github.com/ggml-org/llama.cpp/pull/12451>`_ a maintainer notes that
-# copying a tied embedding defeats the point of tying it, reducing memory.
+# <https://github.com/ggml-org/llama.cpp/pull/12451>`_ a llama.cpp developer notes
+# that copying a tied embedding defeats the point of tying it, saving memory.
 both_path = os.path.join(folder.name, "both.gguf")
 convert(model.state_dict().items(), both_path)
 extra = os.path.getsize(both_path) - os.path.getsize(tied_path)
@@ -207,6 +207,5 @@ folder.cleanup()
 # and in memory. The fallback is right only for a model that was tied: a file of an
 # untied model that lost its output would load with the embedding in its place.
 #
-# Back to the first page of this section,
-# :doc:`/auto_examples/fix_export/plot_onnx_tied`, or on to the
-# :doc:`symptom index </symptoms>`.
+# Next: :doc:`/auto_examples/fix_export/plot_onnx_tied`, where an exporter writes
+# the tied matrix twice, and the :doc:`symptom index </symptoms>`.

@@ -245,5 +245,5 @@ folder.cleanup()
 # post-processing) removes without changing the logits. In memory, onnxruntime's
 # constant folding makes the copy again unless it is turned off.
 #
-# Next: :doc:`/auto_examples/fix_export/plot_gguf_tied`, the same matrix on its way
-# to llama.cpp, and the :doc:`symptom index </symptoms>`.
+# Next: the :doc:`symptom index </symptoms>`, and, for the same matrix on its way to
+# llama.cpp, :doc:`/auto_examples/fix_export/plot_gguf_tied`.
