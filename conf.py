@@ -112,6 +112,10 @@ weightshare_run_requirements = _pins(
     "transformers",
     "peft",
     "accelerate",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "gguf",
 )
 # What each name a page imports needs installed (a page's box lists only those).
 # weightshare's own dependencies, torch and safetensors, come with every page.
@@ -146,6 +150,7 @@ sphinx_gallery_conf = {
             "fix_save_load",
             "fix_adapt",
             "fix_distribute",
+            "fix_export",
         )
     ],
     "within_subsection_order": "FileNameSortKey",
