@@ -2,9 +2,9 @@
 Building big models on the meta device
 ======================================
 
-*"The embedding and ``lm_head`` differ after the first step"*, or
-*"``to_empty()`` broke my tied weights"*. A tied model built on the meta device,
-materialised with ``to_empty()`` and filled with ``load_state_dict`` says
+*"The embedding and lm_head differ after the first step"*, or *"to_empty() broke
+my tied weights"*. A tied model built on the meta device, materialised with
+``to_empty()`` and filled with ``load_state_dict`` says
 ``<All keys matched successfully>`` and trains, but its embedding and output head are
 two tensors: one Adam step at learning rate 0.01 puts them 0.02 apart.
 ``to_empty()``, ``load_state_dict(..., assign=True)`` and accelerate's

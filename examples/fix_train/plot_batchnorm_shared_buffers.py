@@ -2,12 +2,11 @@
 BatchNorm in a shared encoder: one step, two updates
 ====================================================
 
-*"``num_batches_tracked`` is 2 after one training step"*, or *"the Siamese network
-does well in training and falls apart after ``model.eval()``"*. A module called
-twice in a step shares its *buffers* as well as its parameters. BatchNorm keeps its
-running statistics in buffers, so an encoder reused for both branches of a pair
-updates them twice per step, and in evaluation mode normalises each branch with a
-mix of both. This page shows each effect on a small encoder, and which remedy fits
+*"num_batches_tracked is 2 after one training step"*, or *"the Siamese network does
+well in training and falls apart after model.eval()"*. A module called twice in a
+step shares its *buffers* as well as its parameters. BatchNorm keeps its running
+statistics in buffers, so an encoder reused for both branches of a pair updates them
+twice per step, and in evaluation mode normalises each branch with a mix of both. This page shows each effect on a small encoder, and which remedy fits
 which case: one call on the two branches stacked, a tower per branch with tied
 parameters and statistics of its own, or a norm without batch statistics.
 """
@@ -16,7 +15,7 @@ parameters and statistics of its own, or a norm without batch statistics.
 # Two calls, two updates
 # ----------------------
 # The encoder maps 8 features to a 4-dimensional embedding, with a
-# :class:`~torch.nn.BatchNorm1d` after the hidden layer; ``Siamese`` calls it once
+# ``BatchNorm1d`` after the hidden layer; ``Siamese`` calls it once
 # per branch, the usual way. ``pairs`` draws a batch of 256 pairs, the second branch
 # from ``shift + scale·N(0, 1)``.
 import copy
@@ -138,7 +137,7 @@ with torch.no_grad():
     za_with_other_b = once(a, other_b)[0]
     once.eval()
     za_eval_b, za_eval_other_b = once(a, b)[0], once(a, other_b)[0]
-once.train()
+    once.train()
 
 # %%
 # >>> updates, torch.equal(za_with_b, za_with_other_b)
@@ -206,7 +205,8 @@ fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
 positions = torch.arange(len(gaps))
 for offset, column, kind in ((-0.2, 0, "one source"), (0.2, 1, "two sources")):
     heights = [gap[column] for gap in gaps.values()]
-    ax.bar(positions + offset, heights, width=0.4, label=kind)
+    bars = ax.bar(positions + offset, heights, width=0.4, label=kind)
+    ax.bar_label(bars, fmt="{:.2f}", fontsize=8)
 ax.set_xticks(positions, list(gaps))
 ax.set_ylabel("|z_train − z_eval| / |z_train|")
 ax.set_title("Branch b's embeddings, training mode vs evaluation mode")
