@@ -6,9 +6,10 @@ BatchNorm in a shared encoder: one step, two updates
 well in training and falls apart after model.eval()"*. A module called twice in a
 step shares its *buffers* as well as its parameters. BatchNorm keeps its running
 statistics in buffers, so an encoder reused for both branches of a pair updates them
-twice per step, and in evaluation mode normalises each branch with a mix of both. This page shows each effect on a small encoder, and which remedy fits
-which case: one call on the two branches stacked, a tower per branch with tied
-parameters and statistics of its own, or a norm without batch statistics.
+twice per step, and in evaluation mode normalises each branch with a mix of both.
+This page shows each effect on a small encoder, and which remedy fits which case:
+one call on the two branches stacked, a tower per branch with tied parameters and
+statistics of its own, or a norm without batch statistics.
 """
 
 # %%
