@@ -259,7 +259,5 @@ with init_empty_weights():
 # :func:`weightshare.retie` (or ``tie_weights()``) *after* ``to_empty()``, and check
 # the guard before training.
 #
-# Next: the training loop's traps, starting with
-# :doc:`/auto_examples/fix_train/plot_batchnorm_shared_buffers` and
-# :doc:`/auto_examples/fix_train/plot_optimizer_groups_clipping`; the
-# :doc:`symptom index </symptoms>` lists every Fix page.
+# Next: :doc:`plot_module_conversion` (moving or converting a built model unties it
+# too), and the :doc:`symptom index </symptoms>`, which lists every Fix page.

@@ -240,6 +240,7 @@ plt.show()
 #   negatives): a per-sample norm such as :class:`~torch.nn.LayerNorm` or
 #   :class:`~torch.nn.GroupNorm`, so that no sample sees another.
 #
-# Next: :doc:`plot_optimizer_groups_clipping` (a tied weight handed to the optimizer
-# twice), and the Siamese network of the Learn path,
+# Next: :doc:`plot_hooks_checkpointing` (hooks on a shared weight under activation
+# checkpointing), :doc:`plot_optimizer_groups_clipping` (a tied weight handed to the
+# optimizer twice), and the Siamese network of the Learn path,
 # :doc:`/auto_examples/learn/plot_3_siamese`.
