@@ -217,5 +217,5 @@ tied_swa = round(ema_swa.module.emb.weight[0, 0].item(), 6)
 # `DeepSpeed#195 <https://github.com/deepspeedai/DeepSpeed/issues/195>`_ (memory
 # allocated for each listing of a tied parameter).
 #
-# Next: the :doc:`API reference </api>` for both functions, and the training step
-# in :doc:`/auto_examples/learn/plot_4_gpu_training_step`.
+# Next: :doc:`plot_transforms_functional` (rewriting one side of a tie), and
+# :func:`weightshare.param_groups` in the :doc:`API reference </api>`.
