@@ -78,7 +78,7 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
 
 check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
-	$(PY) -m pytest -q -p no:cacheprovider tests/lib tests/benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/lib tests/benchmarks
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12
