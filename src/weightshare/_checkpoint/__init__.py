@@ -11,6 +11,9 @@ imported by the modules that need it, when they need it):
 - :mod:`._safetensors`: the safetensors header, validated as ``safe_open`` does;
   :mod:`._mapped`: its tensor bytes through ``mmap`` (no torch).
 - :mod:`._torch`: torch checkpoints (``torch.load(weights_only=True)``).
+- :mod:`._onnx`: ONNX models, read by ``onnx`` (imported only then), and the
+  search for initializers stored transposed; :mod:`._gguf`: GGUF files, read by
+  ``gguf``'s ``GGUFReader``, and which architectures fall back to the embedding.
 - :mod:`._hf`: a Hugging Face folder's config and weight files, and the ties it
   declares; :mod:`._transformers`: the same asked of transformers (meta-device
   model, transformers' own key renaming, never the folder's custom code).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._contents import Contents, Data, Entry
+from ._gguf import EMBEDDING, OUTPUT
 from ._hf import Declared
 from ._report import Finding, and_list, size
 
@@ -43,6 +44,13 @@ def ties(contents: Contents, declared: Declared | None) -> list[Tie]:
     found += [Tie(group, "save_model", by, group[0]) for group in kept.values()]
     found += [Tie(group, "storage", "one storage") for group in contents.aliases]
     found += [Tie(group, "views", "one storage") for group in contents.views]
+    gguf = contents.gguf
+    if gguf is not None and gguf.ties == "falls back" and EMBEDDING in contents.entries:
+        by = (
+            f"llama.cpp's {gguf.architecture!r} loader (it uses {EMBEDDING} as the "
+            f"output layer when {OUTPUT} is absent)"
+        )
+        found.append(Tie([EMBEDDING, OUTPUT], "gguf", by, EMBEDDING))
     if declared is not None:
         by = _declared_by(declared)
         for index, group in enumerate(declared.groups):
@@ -80,9 +88,50 @@ def findings(
         out.append(_untied_missing(name))
     if declared is not None and declared.missing:
         out.append(_missing(declared.missing))
+    out += _output_missing(contents)
     duplicates, constant = _duplicates(contents)
-    out += [_duplicate(group, contents.entries, found) for group in duplicates]
+    if contents.gguf is not None and contents.gguf.ties == "requires output":
+        pair = {EMBEDDING, OUTPUT}  # the copy is what the loader needs
+        duplicates = [group for group in duplicates if set(group) != pair]
+    out += [_duplicate(group, contents, found) for group in duplicates]
+    out += [_transposed(pair, contents.entries) for pair in contents.transposed]
     return out, constant
+
+
+def _output_missing(contents: Contents) -> list[Finding]:
+    """A GGUF file without the output layer its architecture requires."""
+    gguf = contents.gguf
+    if gguf is None or gguf.ties != "requires output" or OUTPUT in contents.entries:
+        return []
+    return [
+        Finding(
+            "output-missing",
+            (OUTPUT,),
+            0,
+            f"the file has no {OUTPUT}, and llama.cpp's {gguf.architecture!r} loader "
+            f"requires it (it does not fall back to {EMBEDDING})",
+            f"llama.cpp refuses to load the model: missing tensor '{OUTPUT}'",
+            f"convert again writing {OUTPUT} (for a tied model, a copy of {EMBEDDING})",
+        )
+    ]
+
+
+def _transposed(pair: list[str], entries: dict[str, Entry]) -> Finding:
+    first, second = (entries[name] for name in pair)
+    return Finding(
+        "transposed",
+        tuple(pair),
+        second.nbytes,
+        f"{second.name} ({second.dtype} {list(second.shape)}) is the transpose of "
+        f"{first.name} ({first.dtype} {list(first.shape)}): the matrix is stored "
+        f"twice, {size(second.nbytes)} wasted; a search for identical bytes "
+        "misses it",
+        "the runtime loads both: the matrix takes its memory twice",
+        "export so that the transpose stays an operation on one initializer: "
+        "torch.onnx.export(..., dynamo=True) (the default exporter of torch 2.13) "
+        "stores a tied matrix once, where dynamo=False folds the transpose into "
+        "a second constant (pytorch/pytorch#108342)",
+    )
 
 
 def _bad_metadata(problem: str) -> Finding:
@@ -123,7 +172,7 @@ def _model_shapes(contents: Contents, declared: Declared | None) -> list[Finding
 def _tie_findings(
     tie: Tie, contents: Contents, declared: Declared | None, wrong: set[str]
 ) -> list[Finding]:
-    if tie.source in ("storage", "views") or set(tie.saved) & wrong:
+    if tie.source in ("storage", "views", "gguf") or set(tie.saved) & wrong:
         return []
     entries = contents.entries
     if not tie.saved:
@@ -319,15 +368,27 @@ def _identical(names: list[str], data: Data) -> list[list[str]]:
     return found
 
 
-def _duplicate(
-    group: list[str], entries: dict[str, Entry], found: list[Tie]
-) -> Finding:
+def _duplicate(group: list[str], contents: Contents, found: list[Tie]) -> Finding:
+    entries = contents.entries
     entry = entries[group[0]]
     wasted = entry.nbytes * (len(group) - 1)
     tie = next((t for t in found if set(group) <= set(t.names)), None)
     if tie is not None:
         group = sorted(group, key=tie.names.index)
     what = f"{entry.dtype} {list(entry.shape)}"
+    if tie is not None and tie.source == "gguf":
+        return Finding(
+            "duplicate",
+            (EMBEDDING, OUTPUT),
+            wasted,
+            f"{OUTPUT} is an exact copy of {EMBEDDING} ({what}): {size(wasted)} wasted",
+            f"llama.cpp loads both, so the matrix takes its memory twice; without "
+            f"{OUTPUT} it would use {EMBEDDING} ({tie.by})",
+            f"convert without {OUTPUT}: a tied model stores the matrix once, as "
+            f"{EMBEDDING}",
+        )
+    if tie is None and contents.kind in ("onnx", "gguf"):
+        return _exported_duplicate(group, contents, what, wasted)
     if tie is None:
         message = (
             f"{and_list(group)} hold identical bytes ({what}), stored {len(group)} "
@@ -361,4 +422,28 @@ def _duplicate(
                 f"store the tensor once: delete {and_list(others)} from the file, or "
                 "save the tied model with save_pretrained, which stores it once"
             )
+    return Finding("duplicate", tuple(group), wasted, message, on_load, fix)
+
+
+def _exported_duplicate(
+    group: list[str], contents: Contents, what: str, wasted: int
+) -> Finding:
+    message = (
+        f"{and_list(group)} hold identical bytes ({what}), stored {len(group)} "
+        f"times: {size(wasted)} wasted"
+    )
+    if contents.kind == "onnx":
+        on_load = "the runtime loads each copy: the tensor takes its memory twice"
+        fix = (
+            "if they are one tied weight, export so that it stays one initializer "
+            "(torch.onnx.export(..., dynamo=True) stores a tied matrix once on torch "
+            "2.13), or point every use to one initializer and delete the others"
+        )
+    else:
+        on_load = "llama.cpp loads each copy: the tensor takes its memory twice"
+        fix = (
+            f"if this is the output layer of a tied model and llama.cpp's loader for "
+            f"this architecture falls back to {EMBEDDING} (it decides per "
+            f"architecture), convert without {OUTPUT}; otherwise the copy is needed"
+        )
     return Finding("duplicate", tuple(group), wasted, message, on_load, fix)
