@@ -338,7 +338,9 @@ def write_exported(folder: Path, shape: dict[str, int]) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((shape["vocab"], shape["width"]), dtype=np.float32)
     ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1])
-    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+    logits = helper.make_tensor_value_info(
+        "logits", TensorProto.FLOAT, [1, shape["vocab"]]
+    )
     nodes = [
         helper.make_node("Gather", ["wte.weight", "ids"], ["h"]),
         helper.make_node("MatMul", ["h", "folded"], ["logits"]),

@@ -19,7 +19,8 @@ imported by the modules that need it, when they need it):
   model, transformers' own key renaming, never the folder's custom code).
 - :mod:`._rules`: the finding rules. **A new finding goes there**: one function
   that returns :class:`weightshare.Finding` objects, called from
-  ``_rules.findings``, and its kind listed in ``Finding``'s docstring.
+  ``_rules.findings``, and its kind listed in ``Finding``'s docstring; those
+  that apply to exported files only (ONNX, GGUF) are in :mod:`._rules_export`.
 - :mod:`._report`: :class:`weightshare.CheckReport` and its parts, text and JSON.
 - :mod:`._check`: :func:`weightshare.check`, which reads the input and applies
   the rules; :mod:`._cli`: the ``weightshare check`` command line.

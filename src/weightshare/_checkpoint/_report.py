@@ -342,6 +342,10 @@ def _describe(tensor: TensorInfo) -> str:
 def _tie_line(tie: TieInfo) -> str:
     if tie.source == "storage":
         return f"{' = '.join(tie.names)} (one storage in the file)"
+    if tie.source == "gguf":
+        first, second = tie.names
+        saved = "saved" if second in tie.saved else "absent"
+        return f"{second} {saved}; llama.cpp uses {first} in its place when absent"
     if tie.source == "views":
         return f"{and_list(tie.names)} are different views of one storage in the file"
     where = {

@@ -3,7 +3,9 @@
 Each rule is a function from what was read (:class:`._contents.Contents` and the
 folder's :class:`._hf.Declared`) to :class:`weightshare.Finding` objects;
 :func:`findings` runs them in order. A new kind of finding is one more function
-here, called from :func:`findings`, and one more line in ``Finding``'s docstring.
+here, called from :func:`findings`, and one more line in ``Finding``'s docstring;
+the rules that apply only to exported files (ONNX, GGUF) are in
+:mod:`._rules_export`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from ._contents import Contents, Data, Entry
 from ._gguf import EMBEDDING, OUTPUT
 from ._hf import Declared
 from ._report import Finding, and_list, size
+from ._rules_export import (
+    exported_duplicate,
+    gguf_duplicate,
+    output_missing,
+    transposed,
+)
 
 __all__ = ["CHECKED", "Tie", "findings", "ties"]
 
@@ -88,50 +96,14 @@ def findings(
         out.append(_untied_missing(name))
     if declared is not None and declared.missing:
         out.append(_missing(declared.missing))
-    out += _output_missing(contents)
+    out += output_missing(contents)
     duplicates, constant = _duplicates(contents)
     if contents.gguf is not None and contents.gguf.ties == "requires output":
         pair = {EMBEDDING, OUTPUT}  # the copy is what the loader needs
         duplicates = [group for group in duplicates if set(group) != pair]
     out += [_duplicate(group, contents, found) for group in duplicates]
-    out += [_transposed(pair, contents.entries) for pair in contents.transposed]
+    out += [transposed(pair, contents.entries) for pair in contents.transposed]
     return out, constant
-
-
-def _output_missing(contents: Contents) -> list[Finding]:
-    """A GGUF file without the output layer its architecture requires."""
-    gguf = contents.gguf
-    if gguf is None or gguf.ties != "requires output" or OUTPUT in contents.entries:
-        return []
-    return [
-        Finding(
-            "output-missing",
-            (OUTPUT,),
-            0,
-            f"the file has no {OUTPUT}, and llama.cpp's {gguf.architecture!r} loader "
-            f"requires it (it does not fall back to {EMBEDDING})",
-            f"llama.cpp refuses to load the model: missing tensor '{OUTPUT}'",
-            f"convert again writing {OUTPUT} (for a tied model, a copy of {EMBEDDING})",
-        )
-    ]
-
-
-def _transposed(pair: list[str], entries: dict[str, Entry]) -> Finding:
-    first, second = (entries[name] for name in pair)
-    return Finding(
-        "transposed",
-        tuple(pair),
-        second.nbytes,
-        f"{second.name} ({second.dtype} {list(second.shape)}) is the transpose of "
-        f"{first.name} ({first.dtype} {list(first.shape)}): the matrix is stored "
-        f"twice, {size(second.nbytes)} wasted; a search for identical bytes "
-        "misses it",
-        "the runtime loads both: the matrix takes its memory twice",
-        "export so that the transpose stays an operation on one initializer: "
-        "torch.onnx.export(..., dynamo=True) (the default exporter of torch 2.13) "
-        "stores a tied matrix once, where dynamo=False folds the transpose into "
-        "a second constant (pytorch/pytorch#108342)",
-    )
 
 
 def _bad_metadata(problem: str) -> Finding:
@@ -377,18 +349,9 @@ def _duplicate(group: list[str], contents: Contents, found: list[Tie]) -> Findin
         group = sorted(group, key=tie.names.index)
     what = f"{entry.dtype} {list(entry.shape)}"
     if tie is not None and tie.source == "gguf":
-        return Finding(
-            "duplicate",
-            (EMBEDDING, OUTPUT),
-            wasted,
-            f"{OUTPUT} is an exact copy of {EMBEDDING} ({what}): {size(wasted)} wasted",
-            f"llama.cpp loads both, so the matrix takes its memory twice; without "
-            f"{OUTPUT} it would use {EMBEDDING} ({tie.by})",
-            f"convert without {OUTPUT}: a tied model stores the matrix once, as "
-            f"{EMBEDDING}",
-        )
+        return gguf_duplicate(contents, what, wasted)
     if tie is None and contents.kind in ("onnx", "gguf"):
-        return _exported_duplicate(group, contents, what, wasted)
+        return exported_duplicate(group, contents, what, wasted)
     if tie is None:
         message = (
             f"{and_list(group)} hold identical bytes ({what}), stored {len(group)} "
@@ -422,28 +385,4 @@ def _duplicate(group: list[str], contents: Contents, found: list[Tie]) -> Findin
                 f"store the tensor once: delete {and_list(others)} from the file, or "
                 "save the tied model with save_pretrained, which stores it once"
             )
-    return Finding("duplicate", tuple(group), wasted, message, on_load, fix)
-
-
-def _exported_duplicate(
-    group: list[str], contents: Contents, what: str, wasted: int
-) -> Finding:
-    message = (
-        f"{and_list(group)} hold identical bytes ({what}), stored {len(group)} "
-        f"times: {size(wasted)} wasted"
-    )
-    if contents.kind == "onnx":
-        on_load = "the runtime loads each copy: the tensor takes its memory twice"
-        fix = (
-            "if they are one tied weight, export so that it stays one initializer "
-            "(torch.onnx.export(..., dynamo=True) stores a tied matrix once on torch "
-            "2.13), or point every use to one initializer and delete the others"
-        )
-    else:
-        on_load = "llama.cpp loads each copy: the tensor takes its memory twice"
-        fix = (
-            f"if this is the output layer of a tied model and llama.cpp's loader for "
-            f"this architecture falls back to {EMBEDDING} (it decides per "
-            f"architecture), convert without {OUTPUT}; otherwise the copy is needed"
-        )
     return Finding("duplicate", tuple(group), wasted, message, on_load, fix)
