@@ -26,6 +26,7 @@ from weightshare._checkpoint._cli import main  # noqa: E402
 
 V, D = 40, 8
 FUZZ_CASES = 60
+SLOW_CASES = 1000
 
 
 def onnx_model(
@@ -213,8 +214,36 @@ def damage(raw: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+def test_damaged_external_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The external data file damaged (the model file intact)."""
+    emb, w = weights()
+    path = onnx_model(tmp_path / "m.onnx", {"wte.weight": emb, "w": w}, external=True)
+    data = tmp_path / "m.onnx.data"
+    raw = data.read_bytes()
+    rng = random.Random(7)
+    outcomes = set()
+    for case in range(FUZZ_CASES // 2):
+        data.write_bytes(damage(raw, rng))
+        status = main(["check", str(path)])
+        err = capsys.readouterr().err
+        expected = onnx_refuses(path)
+        assert (status == 2) == expected, (case, status, err)
+        assert "Traceback" not in err and "internal error" not in err, err
+        outcomes.add(expected)
+    data.unlink()
+    assert main(["check", str(path)]) == 2 and onnx_refuses(path)
+    assert outcomes == {True, False}
+
+
+@pytest.mark.parametrize(
+    "cases", [FUZZ_CASES, pytest.param(SLOW_CASES, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("kind", ["onnx", "gguf"])
-def test_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+def test_damaged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, cases: int
+) -> None:
     emb, w = weights()
     if kind == "onnx":
         source = onnx_model(tmp_path / "src.onnx", {"wte.weight": emb, "w": w})
@@ -226,7 +255,7 @@ def test_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) 
     raw = source.read_bytes()
     rng = random.Random(23)
     refused = 0
-    for case in range(FUZZ_CASES):
+    for case in range(cases):
         path = tmp_path / f"bad{case}.{kind}"
         path.write_bytes(damage(raw, rng))
         status = main(["check", str(path)])
@@ -237,7 +266,8 @@ def test_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) 
         if expected:
             refused += 1
             assert err.count("\n") == 1 and err.startswith("weightshare check: error:")
-    assert 0 < refused < FUZZ_CASES  # both outcomes were tried
+    print(f"{kind}: {refused} of {cases} damaged files refused")
+    assert 0 < refused < cases  # both outcomes were tried
 
 
 def test_missing_package(
@@ -278,3 +308,23 @@ def test_exported_gpt(
         [finding] = [f for f in report.findings if f.kind == "transposed"]
         assert finding.bytes == 512 * 64 * 4
         assert main(["check", str(path)]) == 1
+
+
+def test_safetensors_imports_neither(tmp_path: Path) -> None:
+    """Checking a safetensors file imports neither onnx nor gguf."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": np.ones((2, 2), dtype=np.float32)}, str(path))
+    code = (
+        "import sys; from weightshare._checkpoint._cli import main; "
+        f"status = main(['check', {str(path)!r}]); "
+        "print(status, sorted(m for m in ('onnx', 'gguf') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "0 []"
