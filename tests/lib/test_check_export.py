@@ -135,6 +135,7 @@ def gguf_file(
         ("llama", "none", []),
         ("llama", "copy", ["duplicate"]),
         ("llama", "own", []),
+        ("qwen2", "copy", ["duplicate"]),
         ("rwkv7", "none", ["output-missing"]),
         ("rwkv7", "copy", []),  # the loader needs the copy
         ("somearch", "none", []),  # not judged
@@ -163,7 +164,7 @@ def test_gguf(
         [finding] = report["findings"]
         assert finding["names"] == ["token_embd.weight", "output.weight"]
         assert finding["bytes"] == V * D * 4
-    if arch == "llama":
+    if arch in ("llama", "qwen2"):
         assert [t["source"] for t in report["ties"]] == ["gguf"]
 
 

@@ -28,7 +28,7 @@ __all__ = ["EMBEDDING", "FALLS_BACK", "OUTPUT", "REQUIRES_OUTPUT", "Gguf", "read
 EMBEDDING = "token_embd.weight"
 OUTPUT = "output.weight"
 # output created with TENSOR_NOT_REQUIRED, then token_embd used (TENSOR_DUPLICATED)
-FALLS_BACK = frozenset({"llama"})
+FALLS_BACK = frozenset({"llama", "qwen2"})
 # output created as a required tensor: loading fails without it
 REQUIRES_OUTPUT = frozenset({"rwkv6", "rwkv6qwen2", "rwkv7"})
 # ggml types with a torch name; the others (quantized blocks) keep ggml's name
