@@ -355,6 +355,65 @@ def fsdp_models() -> dict[str, tuple[nn.Module, list[nn.Module], torch.Tensor]]:
     }
 
 
+class Crossed(nn.Module):
+    """Ties that cross nested modules: ``a`` holds ``b``, ``d`` holds ``e``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.d = nn.Module(), nn.Module()
+        self.a.b, self.d.e = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.a.p = self.d.e.weight  # a.p is e.weight
+        self.d.q = self.a.b.weight  # d.q is b.weight
+        self.a.forward = lambda x: self.a.b(x) @ self.a.p  # type: ignore[method-assign]
+        self.d.forward = lambda x: self.d.e(x) @ self.d.q  # type: ignore[method-assign]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d(self.a(x))  # type: ignore[no-any-return]
+
+
+class Between(nn.Module):
+    """``outer.p`` is ``outer.middle[1].weight``; ``middle`` lies between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outer = nn.Module()
+        self.outer.middle = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        self.outer.p = self.outer.middle[1].weight
+        self.outer.forward = (  # type: ignore[method-assign]
+            lambda x: self.outer.middle(x) @ self.outer.p
+        )
+        self.other = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.other(self.outer(x))  # type: ignore[no-any-return]
+
+
+class RootHolds(nn.Module):
+    """The root registers ``table``, also the weight of ``wrapper[0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrapper = nn.Sequential(nn.Linear(4, 4))
+        self.table = self.wrapper[0].weight
+        self.body = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.wrapper(x)) @ self.table  # type: ignore[no-any-return]
+
+
+def nested_models() -> dict[str, tuple[nn.Module, list[nn.Module], torch.Tensor]]:
+    """Ties across nested modules, the modules listed innermost first, an input."""
+    torch.manual_seed(0)
+    x = torch.ones(2, 4)
+    crossed, between, root = Crossed(), Between(), RootHolds()
+    outer = between.outer
+    return {
+        "crossed": (crossed, [crossed.a.b, crossed.a, crossed.d.e, crossed.d], x),
+        "between": (between, [outer.middle[1], outer.middle, outer, between.other], x),
+        "root": (root, [root.wrapper[0], root.wrapper, root.body], x),
+    }
+
+
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "encoder"):
         out = model(input_ids=tokens, decoder_input_ids=tokens)
@@ -367,7 +426,7 @@ def shard_one_by_one_and_with_units() -> dict[str, object]:
     from torch.distributed.fsdp import fully_shard
 
     report: dict[str, object] = {}
-    for key, (model, modules, tokens) in fsdp_models().items():
+    for key, (model, modules, tokens) in (fsdp_models() | nested_models()).items():
         for module in modules:  # the naive way: every module its own group
             fully_shard(module)
         fully_shard(model)
@@ -375,7 +434,7 @@ def shard_one_by_one_and_with_units() -> dict[str, object]:
             logits(model, tokens)
         except ValueError as err:
             report[f"{key} one by one"] = str(err).split(". ")[0]
-    for key, (model, modules, tokens) in fsdp_models().items():
+    for key, (model, modules, tokens) in (fsdp_models() | nested_models()).items():
         groups = ws.shared_groups(model)
         for unit in ws.fsdp_units(model, modules):
             fully_shard(unit)
@@ -394,7 +453,13 @@ def test_fsdp_units_shard_tied_models_for_real() -> None:
         "gpt one by one": shared.format("lm_head.weight"),
         "gpt2 one by one": shared.format("lm_head.weight"),
         "t5 one by one": shared.format("shared.weight"),
+        "crossed one by one": shared.format("d.q"),
+        "between one by one": shared.format("outer.middle.1.weight"),
+        "root one by one": shared.format("wrapper.0.weight"),
         "gpt units": True,
         "gpt2 units": True,
         "t5 units": True,
+        "crossed units": True,
+        "between units": True,
+        "root units": True,
     }
