@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -269,44 +268,34 @@ def test_error_survives_pickling() -> None:
     assert rest == "--- rank 2 ---\ntb"
 
 
-CHILD_OF_KILLED_PARENT = """
-import os, sys
-from pathlib import Path
-import torch
-import torch.distributed as dist
-import weightshare.distributed as wsd
-
-def wait(folder):
-    me = os.getpid()
-    start = open(f"/proc/{me}/stat").read().rpartition(")")[2].split()[19]
-    path = Path(folder, f"{dist.get_rank()}.pid")
-    Path(f"{path}.tmp").write_text(f"{me} {start}")
-    os.replace(f"{path}.tmp", path)
+def wait_inside_gloo(folder: str) -> None:
+    record_pid(folder)
     # Both ranks wait inside gloo, where Python cannot act on a signal:
     if dist.get_rank() == 0:
         dist.barrier()  # rank 1 never joins it
     else:
         dist.recv(torch.zeros(1), src=0)  # rank 0 never sends
 
-wsd.run(wait, nprocs=2, args=(sys.argv[1],), timeout=120)
-"""
-
 
 def test_ranks_die_with_their_parent(tmp_path: Path) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", CHILD_OF_KILLED_PARENT, str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    # The parent is forked from this process (it has torch imported already) and
+    # calls run; the ranks are its children. Killing it must end them.
+    fork = multiprocessing.get_context("fork")
+    parent = fork.Process(
+        target=wsd.run, args=(wait_inside_gloo, 2), kwargs={"args": (str(tmp_path),)}
     )
+    parent.start()
     try:
         deadline = time.monotonic() + 60
         while len(procs_in(tmp_path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         procs = procs_in(tmp_path)
         assert len(procs) == 2
+        assert os.getpid() not in [pid for pid, _ in procs]
         time.sleep(0.5)  # both ranks are inside gloo by now
     finally:
         parent.kill()
-        parent.wait()
+        parent.join()
     assert_all_gone(procs, within=10)
 
 
@@ -524,7 +513,12 @@ def shard_one_by_one_and_with_units() -> dict[str, object]:
     return report
 
 
-def test_fsdp_units_shard_tied_models_for_real() -> None:
+def test_fsdp_units_shard_tied_models_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Imported once here, not by each rank (transformers loads a model's code when
+    # its class is first used).
+    transformers = pytest.importorskip("transformers")
+    assert transformers.GPT2LMHeadModel and transformers.T5ForConditionalGeneration
     first, second = wsd.run(shard_one_by_one_and_with_units, nprocs=2, timeout=120)
     assert first == second
     shared = "Parameter '{}' is shared with a parameter already managed by another "
