@@ -328,6 +328,19 @@ def test_untie_a_source_tied_to_two_transposes_frees_both() -> None:
     assert ws.shared_groups(model) == []
 
 
+def test_untie_a_source_whose_transpose_is_reused_at_two_places() -> None:
+    model = autoencoder()
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    model["again"] = model.dec  # one module, two names
+    ws.untie(model, "enc.weight")
+    assert type(model.dec) is nn.Linear and model.again is model.dec
+    # What remains shared is the reuse of dec itself, not the transposed tie.
+    assert sorted(ws.shared_groups(model)) == [
+        ["dec.bias", "again.bias"],
+        ["dec.weight", "again.weight"],
+    ]
+
+
 def test_untie_a_source_also_tied_plainly_keeps_the_transposed_tie() -> None:
     # enc.weight is one Parameter with mirror.weight, and dec.weight is its transpose:
     # untying enc.weight gives enc its own copy; mirror and dec stay tied.
