@@ -11,7 +11,7 @@ SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHIN
 EXAMPLE  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help html html-noplot html-rerun html-one doctest linkcheck check test clean dot browser venv
+.PHONY: help html html-noplot html-rerun html-one doctest mutants linkcheck check test clean dot browser venv
 
 help:  ## list the targets (this text)
 	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
@@ -70,6 +70,9 @@ html-one: $(STAMP) dot  ## build one example: make html-one EXAMPLE=plot_3_siame
 doctest: $(STAMP) dot  ## check every >>> claim of the docs and gallery pages
 	$(SPHINX) -b doctest docs $(BUILD)/doctest
 
+mutants: $(STAMP)  ## apply each page's breaking edits; show which doctest caught each
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/site/test_mutants.py
+
 linkcheck: html  ## check links and anchors offline; list the external links
 	$(SPHINX) -b linkcheck docs $(BUILD)/linkcheck
 	$(PY) -m pytest -q -p no:cacheprovider tests/site/test_docs.py -k internal_links
@@ -80,8 +83,8 @@ linkcheck: html  ## check links and anchors offline; list the external links
 # Two pytest workers (pytest-xdist), one thread each. mypy keeps its cache in
 # .mypy_cache (filled when .venv is made), so its test re-checks only what changed.
 check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist worksteal \
-	  tests/lib tests/benchmarks src/weightshare
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" \
+	  -n 2 --dist worksteal tests/lib tests/benchmarks src/weightshare
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from ._names import named
+from ._unionfind import UnionFind
 
 __all__ = ["fsdp_units"]
 
@@ -80,9 +81,9 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
     [[Embedding(16, 8), Linear(in_features=8, out_features=16, bias=False)]]
     """
     listed = _check(model, list(modules))
-    nodes, parent = _tie_sets(model, listed)
-    _merge_cycles(nodes, parent)
-    groups = _groups(nodes, parent)
+    nodes, sets = _tie_sets(model, listed)
+    _merge_cycles(nodes, sets)
+    groups = sets.groups()
     root = next((g for g in groups if any(nodes[i] is model for i in g)), None)
     kept = [g for g in groups if g is not root]  # the root's set is left to the root
     return [_unit(nodes, group) for group in _order(nodes, kept)]
@@ -90,12 +91,11 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
 
 def _tie_sets(
     model: nn.Module, listed: list[nn.Module]
-) -> tuple[list[nn.Module], list[int]]:
-    """The modules involved and a union-find forest joining those that share.
+) -> tuple[list[nn.Module], UnionFind[int]]:
+    """The modules involved, and sets of their indices joining those that share.
 
     ``nodes`` is ``listed``, then the modules that hold a tied name no listed module
-    holds (the model itself when it holds one directly). ``parent`` joins the
-    nodes whose parameters are tied.
+    holds (the model itself when it holds one directly).
     """
     paths = _paths(model, listed)
     holders: dict[int, list[int]] = {}  # id(parameter) -> indices into `nodes`
@@ -106,26 +106,27 @@ def _tie_sets(
             outside.setdefault(id(param), []).append(name)
         elif index not in holders.setdefault(id(param), []):
             holders[id(param)].append(index)
-    nodes, parent = list(listed), list(range(len(listed)))
+    nodes = list(listed)
+    sets: UnionFind[int] = UnionFind(range(len(listed)))
     for key, indices in holders.items():
         for name in outside.get(key, []):
-            indices = [*indices, _node(_owner(model, name), nodes, parent)]
+            indices = [*indices, _node(_owner(model, name), nodes, sets)]
         for index in indices[1:]:
-            _union(parent, indices[0], index)
-    return nodes, parent
+            sets.union(indices[0], index)
+    return nodes, sets
 
 
-def _node(module: nn.Module, nodes: list[nn.Module], parent: list[int]) -> int:
+def _node(module: nn.Module, nodes: list[nn.Module], sets: UnionFind[int]) -> int:
     """The index of ``module`` in ``nodes`` (by identity), appended when missing."""
     for index, node in enumerate(nodes):
         if node is module:
             return index
     nodes.append(module)
-    parent.append(len(parent))
+    sets.add(len(nodes) - 1)
     return len(nodes) - 1
 
 
-def _merge_cycles(nodes: list[nn.Module], parent: list[int]) -> None:
+def _merge_cycles(nodes: list[nn.Module], sets: UnionFind[int]) -> None:
     """Join the sets that must each be sharded before the other.
 
     ``fully_shard`` manages every module below the ones it is given, except
@@ -136,12 +137,12 @@ def _merge_cycles(nodes: list[nn.Module], parent: list[int]) -> None:
     The model itself holds every module, so a set holding a module of the
     root's set joins the root's.
     """
-    groups = _groups(nodes, parent)
+    groups = sets.groups()
     before = _before(nodes, groups)
     reach = [_reachable(before, g) for g in range(len(groups))]
     for g, h in itertools.combinations(range(len(groups)), 2):
         if h in reach[g] and g in reach[h]:
-            _union(parent, groups[g][0], groups[h][0])
+            sets.union(groups[g][0], groups[h][0])
 
 
 def _before(nodes: list[nn.Module], groups: list[list[int]]) -> list[set[int]]:
@@ -221,27 +222,6 @@ def _holder(name: str, paths: list[tuple[str, int]]) -> int | None:
 def _owner(model: nn.Module, name: str) -> nn.Module:
     """The module that registers the parameter ``name``."""
     return model.get_submodule(name.rpartition(".")[0])
-
-
-def _union(parent: list[int], a: int, b: int) -> None:
-    """Merge the sets of ``a`` and ``b`` (union-find with path halving)."""
-    root_a, root_b = _find(parent, a), _find(parent, b)
-    parent[max(root_a, root_b)] = min(root_a, root_b)
-
-
-def _find(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-def _groups(nodes: list[nn.Module], parent: list[int]) -> list[list[int]]:
-    """The node indices of each set, sets in order of their first node."""
-    groups: dict[int, list[int]] = {}
-    for i in range(len(nodes)):
-        groups.setdefault(_find(parent, i), []).append(i)
-    return list(groups.values())
 
 
 def _order(nodes: list[nn.Module], groups: list[list[int]]) -> list[list[int]]:
