@@ -161,8 +161,14 @@ def test_unwritable_output_is_one_line_not_a_traceback(
 ) -> None:
     with open("/dev/full", "w") as full:
         run = subprocess.run(
-            [sys.executable, "-m", "weightshare", "check", str(files["clean"])]
-            + json_option,
+            [
+                sys.executable,
+                "-m",
+                "weightshare",
+                "check",
+                str(files["clean"]),
+                *json_option,
+            ],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
