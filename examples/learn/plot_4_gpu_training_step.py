@@ -235,6 +235,7 @@ from dataclasses import replace
 
 sigma, n_tokens = 0.02, targets.numel()
 offset = sigma**2 * config.d_model / 2
+tolerance = sigma**2 * config.d_model / 8  # a quarter of the predicted offset
 expected_loss = math.log(config.vocab_size) + offset
 noise = sigma * math.sqrt(config.d_model) / math.sqrt(n_tokens)
 
@@ -256,12 +257,12 @@ print(
 
 # %%
 # The loss of the first step is ln V + σ²d/2 within four standard deviations, and
-# both models' measured offsets are within a quarter of σ²d/2, a tolerance that an
-# offset of 0 or of twice the prediction fails:
+# both models' measured offsets are within a quarter of σ²d/2 of it, a fixed
+# tolerance that an offset of 0 or of twice the prediction fails:
 #
 # >>> abs(loss.item() - expected_loss) < 4 * noise
 # True
-# >>> all(abs(value - offset) < offset / 4 for value in offsets.values())
+# >>> all(abs(value - offset) < tolerance for value in offsets.values())
 # True
 
 # %%

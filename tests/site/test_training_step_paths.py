@@ -136,6 +136,8 @@ def test_the_pages_offset_check_fails_a_wrong_offset(page: dict[str, Any]) -> No
     check with the offset taken as 0 (the loss at ln V) or doubled would fail."""
     offset, measured = page["offset"], page["offsets"]
     assert set(measured) == {"tied", "untied"}
+    tolerance = page["tolerance"]
+    assert tolerance == offset / 4  # fixed: it does not move with a wrong offset
     for wrong in (0.0, 2 * offset):
-        assert not any(abs(v - wrong) < wrong / 4 for v in measured.values())
-    assert all(abs(v - offset) < offset / 4 for v in measured.values())
+        assert not any(abs(v - wrong) < tolerance for v in measured.values())
+    assert all(abs(v - offset) < tolerance for v in measured.values())
