@@ -112,6 +112,10 @@ weightshare_run_requirements = _pins(
     "transformers",
     "peft",
     "accelerate",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "gguf",
 )
 # What each name a page imports needs installed (a page's box lists only those).
 # weightshare's own dependencies, torch and safetensors, come with every page.
@@ -127,6 +131,10 @@ weightshare_import_requirements = {
     "transformers": ["transformers"],
     "peft": ["peft", "transformers", "accelerate"],
     "accelerate": ["accelerate"],
+    # torch.onnx's default (dynamo) exporter needs onnxscript.
+    "onnx": ["onnx", "onnxscript"],
+    "onnxruntime": ["onnxruntime"],
+    "gguf": ["gguf"],
 }
 weightshare_wheel_project = ROOT
 WHEEL = f"weightshare-{release}-py3-none-any.whl"
@@ -146,6 +154,7 @@ sphinx_gallery_conf = {
             "fix_save_load",
             "fix_adapt",
             "fix_distribute",
+            "fix_export",
         )
     ],
     "within_subsection_order": "FileNameSortKey",
