@@ -149,6 +149,8 @@ def make_train_step(
 # The optimizer is created after ``model.to(device)``, from the parameters on the
 # device. The batch is random tokens, each sequence's targets its inputs shifted by
 # one.
+import math
+
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
 train_step = make_train_step(model, optimizer, bf16=use_bf16, compile=use_compile)
 tokens = torch.randint(config.vocab_size, (batch, config.context + 1), device=device)
@@ -174,6 +176,14 @@ guard.check()  # raises BrokenTieError if the step broke the tie
 # >>> sum(p is model.wte.weight for p in optimizer.state)
 # 1
 # >>> len(optimizer.state) == count.unique_tensors == count.names - 1
+# True
+#
+# ``clip_grad_norm_`` returned the norm it measured over each gradient once, and left
+# the gradients with that norm or, where it exceeded ``max_norm``, with norm 1; a list
+# holding the shared weight twice breaks both:
+#
+# >>> norms = torch.stack([p.grad.norm() for p in model.parameters()])
+# >>> math.isclose(norms.norm().item(), min(grad_norm.item(), 1.0), rel_tol=1e-4)
 # True
 
 # %%
@@ -230,7 +240,6 @@ F.cross_entropy(eager_twin(idx).flatten(0, 1), targets.flatten()).backward()
 # the batch, minus ln V, measures the offset directly, here for an untrained tied
 # model and for its untied twin (``tie_embeddings=False``, whose own output matrix
 # has the same initialisation).
-import math
 from dataclasses import replace
 
 sigma, n_tokens = 0.02, targets.numel()
