@@ -7,6 +7,9 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # imports transformers and saves a model: make test
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
