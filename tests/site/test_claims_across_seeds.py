@@ -63,10 +63,14 @@ def test_siamese_embedding_beats_raw_pixels_at_every_seed(
     assert run["auc"] >= 0.999, run
 
 
-def test_siamese_embedding_beats_raw_pixels_by_four_digits_on_average(
+def test_siamese_embedding_beats_raw_pixels_by_0_4_points_on_average(
     siamese_runs: dict[int, dict[str, Any]],
 ) -> None:
-    """At least 0.4 points (3.6 of 899 digits) above raw pixels, over five seeds."""
+    """At least 0.4 points (3.6 of 899 digits) above raw pixels, over five seeds.
+
+    Issue 21 asks for "0.4 points (4 more digits of 899)"; 0.4 points of 899 is 3.6
+    digits, so a mean gain of 4 digits is the stricter reading, not checked here.
+    """
     gains = [run["correct"] - run["raw_correct"] for run in siamese_runs.values()]
     print(
         {
