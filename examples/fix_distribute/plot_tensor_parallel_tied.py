@@ -180,7 +180,7 @@ loss_gap = max(
     abs(a - b) for a, b in zip(retied[0]["losses"], reference_losses, strict=True)
 )
 # float32 rounding differs with the thread count: print the bound, not the digits
-print("losses apart from the single process:", "< 1e-5" if loss_gap < 1e-5 else loss_gap)
+print("loss gap to the single process:", "< 1e-5" if loss_gap < 1e-5 else loss_gap)
 
 # %%
 # One parameter again on each rank, the pair equal after every step, and the losses
