@@ -11,7 +11,7 @@ SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHIN
 EXAMPLE  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help html html-noplot html-rerun html-one doctest linkcheck check test clean dot browser venv
+.PHONY: help html html-noplot html-rerun html-one doctest linkcheck check test clean dot browser venv versions
 
 help:  ## list the targets (this text)
 	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
@@ -73,6 +73,9 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	@echo "External links (listed, not fetched; WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches):"
 	@$(PY) -c "import json; [print('  ' + r['uri']) for r in map(json.loads, \
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
+
+versions: $(STAMP)  ## run the failures' reproductions under old releases (not in test)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/versions.py
 
 check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
 	$(PY) -m pytest -q -p no:cacheprovider tests/lib tests/benchmarks

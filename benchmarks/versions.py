@@ -392,8 +392,12 @@ def only_head_saved() -> tuple[bool, str]:
 )
 def vlm_top_level_flag_ignored() -> tuple[bool, str]:
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     _quiet()
     torch.manual_seed(0)
@@ -453,7 +457,9 @@ def adapter_on_resized_vocabulary() -> tuple[bool, str]:
     _quiet()
     resized = _llama(tie=True)
     resized.resize_token_embeddings(40)
-    config = LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+    config = LoraConfig(
+        r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens"]
+    )
     adapted = get_peft_model(resized, config)
     with _folder() as folder:
         adapted.save_pretrained(folder)

@@ -125,8 +125,10 @@ with warnings.catch_warnings(action="ignore"):
 # longer tied: say so in the config (``tie_word_embeddings=False`` for a Hugging
 # Face model) so that nothing ties them again on load. Two int8 copies (2 bytes an
 # element) still beat one float copy (4 bytes).
-from torch.ao.quantization import default_dynamic_qconfig
-from torch.ao.quantization import float_qparams_weight_only_qconfig
+from torch.ao.quantization import (
+    default_dynamic_qconfig,
+    float_qparams_weight_only_qconfig,
+)
 
 spec = {nn.Linear: default_dynamic_qconfig}
 spec[nn.Embedding] = float_qparams_weight_only_qconfig  # int8 rows, one scale each

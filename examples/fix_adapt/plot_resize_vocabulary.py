@@ -29,8 +29,6 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging
 
-import weightshare
-
 logging.set_verbosity_error()
 logging.disable_progress_bar()
 torch.manual_seed(0)
@@ -105,8 +103,10 @@ for model in (tied, untied):
     model.resize_token_embeddings(40)
 
 # %%
-# >>> tied.lm_head.weight is tied.model.embed_tokens.weight, tuple(tied.lm_head.weight.shape)
-# (True, (40, 8))
+# >>> tied.lm_head.weight is tied.model.embed_tokens.weight
+# True
+# >>> tuple(tied.lm_head.weight.shape)
+# (40, 8)
 # >>> weightshare.shared_groups(untied), tuple(untied.lm_head.weight.shape)
 # ([], (40, 8))
 #
@@ -117,8 +117,10 @@ for model in (tied, untied):
 # >>> padded = tiny_llama(tie=True)
 # >>> padded.resize_token_embeddings(33, pad_to_multiple_of=8).weight.shape[0]
 # 40
-# >>> padded.config.vocab_size, padded.lm_head.weight is padded.model.embed_tokens.weight
-# (40, True)
+# >>> padded.config.vocab_size
+# 40
+# >>> padded.lm_head.weight is padded.model.embed_tokens.weight
+# True
 
 # %%
 # Resizing by hand unties, silently

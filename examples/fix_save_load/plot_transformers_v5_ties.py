@@ -44,7 +44,7 @@ class TinyConfig(PretrainedConfig):
 
 class TinyLM(PreTrainedModel):
     config_class = TinyConfig
-    _tied_weights_keys = ["lm_head.weight"]  # the v4 form
+    _tied_weights_keys = ["lm_head.weight"]  # noqa: RUF012 (the v4 form)
 
     def __init__(self, config: TinyConfig) -> None:
         super().__init__(config)
@@ -106,6 +106,7 @@ silent = TinyLM(TinyConfig())
 import json
 import logging.handlers
 import tempfile
+from pathlib import Path
 
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -126,11 +127,12 @@ def save(state: dict[str, torch.Tensor], name: str, flag: bool | None) -> str:
     GPT2LMHeadModel(config).save_pretrained(folder)  # config.json and the layout
     state = {key: value.clone().contiguous() for key, value in state.items()}
     save_file(state, os.path.join(folder, "model.safetensors"), {"format": "pt"})
-    settings = json.loads(open(os.path.join(folder, "config.json")).read())
+    config_file = Path(folder, "config.json")
+    settings = json.loads(config_file.read_text())
     settings.pop("tie_word_embeddings", None)
     if flag is not None:
         settings["tie_word_embeddings"] = flag
-    open(os.path.join(folder, "config.json"), "w").write(json.dumps(settings))
+    config_file.write_text(json.dumps(settings))
     return folder
 
 
@@ -199,14 +201,22 @@ print(report.format().replace(workdir.name, "<tmp>"))
 # In a model that wraps a language model (Llava here), the flag that counts is the
 # one in ``text_config``. A ``tie_word_embeddings=False`` given at the top level is
 # ignored when the text config says ``True``:
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-from transformers import LlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 text = dict(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1)
 heads = dict(num_attention_heads=2, num_key_value_heads=2)
 vision = CLIPVisionConfig(
-    hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-    image_size=8, patch_size=4,
+    hidden_size=8,
+    intermediate_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=8,
+    patch_size=4,
 )
 
 
