@@ -11,7 +11,7 @@ SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHIN
 EXAMPLE  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help html html-noplot html-rerun html-one doctest linkcheck check test clean dot browser venv versions
+.PHONY: help html html-noplot html-rerun html-one doctest mutants linkcheck check test clean dot browser venv versions
 
 help:  ## list the targets (this text)
 	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
@@ -66,6 +66,9 @@ html-one: $(STAMP) dot  ## build one example: make html-one EXAMPLE=plot_3_siame
 
 doctest: $(STAMP) dot  ## check every >>> claim of the docs and gallery pages
 	$(SPHINX) -b doctest docs $(BUILD)/doctest
+
+mutants: $(STAMP)  ## apply each page's breaking edits; show which doctest caught each
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/site/test_mutants.py
 
 linkcheck: html  ## check links and anchors offline; list the external links
 	$(SPHINX) -b linkcheck docs $(BUILD)/linkcheck

@@ -24,6 +24,7 @@ TARGETS = (
     "html-rerun",
     "html-one",
     "doctest",
+    "mutants",
     "linkcheck",
     "browser",
 )
