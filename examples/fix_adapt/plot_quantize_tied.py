@@ -100,7 +100,7 @@ print(reports["naive"].format().replace(folder.name, "<tmp>"))
 # >>> [tie.names for tie in reports["float"].ties]
 # [('wte.weight', 'lm_head.weight')]
 # >>> reports["naive"].ties
-# []
+# ()
 
 # %%
 # Fix 1: keep the tie, quantize everything else

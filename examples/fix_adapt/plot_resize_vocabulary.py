@@ -29,6 +29,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging
 
+import weightshare
+
 logging.set_verbosity_error()
 logging.disable_progress_bar()
 torch.manual_seed(0)
@@ -101,6 +103,8 @@ def tiny_llama(tie: bool, vocab: int = 32) -> LlamaForCausalLM:
 tied, untied = tiny_llama(tie=True), tiny_llama(tie=False)
 for model in (tied, untied):
     model.resize_token_embeddings(40)
+padded = tiny_llama(tie=True)  # 33 tokens, rounded up to a multiple of 8
+padded.resize_token_embeddings(33, pad_to_multiple_of=8)
 
 # %%
 # >>> tied.lm_head.weight is tied.model.embed_tokens.weight
@@ -114,9 +118,6 @@ for model in (tied, untied):
 # The extra rows are vocabulary entries no tokenizer produces, but through a tied
 # head they are output scores too, initialised like the other new rows:
 #
-# >>> padded = tiny_llama(tie=True)
-# >>> padded.resize_token_embeddings(33, pad_to_multiple_of=8).weight.shape[0]
-# 40
 # >>> padded.config.vocab_size
 # 40
 # >>> padded.lm_head.weight is padded.model.embed_tokens.weight
@@ -136,9 +137,10 @@ grown = nn.Embedding(40, 8)
 with torch.no_grad():
     grown.weight[:32] = by_hand.model.embed_tokens.weight
 by_hand.model.embed_tokens = grown
+ties_after_hand = weightshare.shared_groups(by_hand)
 
 # %%
-# >>> weightshare.shared_groups(by_hand)
+# >>> ties_after_hand
 # []
 # >>> by_hand.lm_head.weight.shape[0]
 # 32
@@ -146,10 +148,11 @@ by_hand.model.embed_tokens = grown
 # The fix is to tie again after replacing the module: ``set_input_embeddings`` and
 # then ``tie_weights()``, which makes the head use the new tensor (or call
 # ``resize_token_embeddings``, which does both):
-#
-# >>> by_hand.config.vocab_size = 40
-# >>> by_hand.set_input_embeddings(grown)
-# >>> by_hand.tie_weights()
+by_hand.config.vocab_size = 40
+by_hand.set_input_embeddings(grown)
+by_hand.tie_weights()
+
+# %%
 # >>> by_hand.lm_head.weight is grown.weight
 # True
 

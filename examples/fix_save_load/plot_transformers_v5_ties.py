@@ -188,8 +188,9 @@ print(report.format().replace(workdir.name, "<tmp>"))
 #
 # The fix is one line of ``config.json``: write ``"tie_word_embeddings": false``.
 # Then the load is silent, the report is clean, and any version loads both matrices:
-#
-# >>> explicit = save(untied_state, "explicit", False)
+explicit = save(untied_state, "explicit", False)
+
+# %%
 # >>> weightshare.check(explicit).status
 # 0
 # >>> torch.equal(load(explicit).lm_head.weight, untied_state[HEAD])
