@@ -262,7 +262,8 @@ fig.tight_layout()
 # now survive the reload but leave two matrices. What is right: one shared trainable
 # copy (``modules_to_save`` with ``ensure_weight_tying=True``), or an explicit untie
 # with ``tie_word_embeddings=False`` before adapting the head. After a merge, compare
-# the reloaded model's logits with the adapter's, as this page does.
+# the reloaded model's logits with the adapter's, as this page does. Which peft
+# releases behave as shown here: the :ref:`version table <version-table>`.
 #
 # Next: :func:`weightshare.untie` and :func:`weightshare.shared_groups` in the
 # :doc:`API reference </api>`, and the other :ref:`pitfalls <gallery>`.

@@ -73,11 +73,13 @@ print(f"float: {float_bytes:,} bytes, quantized: {size(naive):,} bytes")
 # >>> 0.95 < size(naive) / float_bytes < 1
 # True
 #
-# The same happens with other quantizers that work layer by layer: transformers'
-# torchao integration has an ``untie_embedding_weights`` option for it
-# (`transformers#37905 <https://github.com/huggingface/transformers/pull/37905>`_),
-# and a vLLM fork found a duplicate 1.31 GiB int8 vocabulary table this way
-# (`ROCm/vllm#1239 <https://github.com/ROCm/vllm/pull/1239>`_).
+# Other quantizers meet the same question from the other side: in transformers'
+# torchao integration, quantizing a tied input embedding quantizes the head the same
+# way, and the option ``untie_embedding_weights=True`` breaks the tie on purpose
+# (`transformers#37905 <https://github.com/huggingface/transformers/pull/37905>`_);
+# llm-compressor ties identically quantized embeddings again before saving, to avoid
+# a duplicate ``lm_head``
+# (`llm-compressor#2835 <https://github.com/vllm-project/llm-compressor/pull/2835>`_).
 
 # %%
 # ``weightshare check`` sees the tie gone

@@ -160,7 +160,8 @@ by_hand.tie_weights()
 # An adapter trained on the resized vocabulary
 # --------------------------------------------
 # A LoRA adapter that trains the embedding (``modules_to_save``) saves it at the size
-# it was trained on, 40 rows. Loaded onto the base model at 32 rows, it fails
+# it was trained on, 40 rows. Loaded onto the base model at 32 rows, it fails, as
+# users met it after adding special tokens
 # (`peft#1457 <https://github.com/huggingface/peft/issues/1457>`_):
 # ``ensure_weight_tying=True`` keeps the trained copy tied to the head (see the LoRA
 # page); the fix below is the same without it.
@@ -201,8 +202,8 @@ adapter_dir.cleanup()
 # embedding and head, and its mean initialisation keeps new tokens from taking over
 # the softmax. Code that replaces the embedding must tie again, and an adapter must
 # be loaded onto a model resized to the vocabulary it was trained on. Which
-# transformers and peft releases behave as shown here is in the version table of
-# the :doc:`symptom index </symptoms>`.
+# transformers and peft releases behave as shown here is in the
+# :ref:`version table <version-table>` of the symptom index.
 #
 # Next: :doc:`/auto_examples/fix_adapt/plot_quantize_tied` (quantizing a tied
 # embedding and head), and :doc:`/auto_examples/fix_adapt/plot_lora_tied_head` for

@@ -277,7 +277,8 @@ with init_empty_weights():
 # checkpoint (`NVIDIA-NeMo/Automodel#2511
 # <https://github.com/NVIDIA-NeMo/Automodel/pull/2511>`_). Record the ties with
 # :class:`weightshare.TieGuard` before materialising, call :func:`weightshare.retie`
-# (or ``tie_weights()``) right after, and check the guard before training.
+# (or ``tie_weights()``) right after, and check the guard before training. Which
+# accelerate releases untie: the :ref:`version table <version-table>`.
 #
 # Next: :doc:`plot_copies_not_ties` (ties that were never ties), the
 # :doc:`symptom index </symptoms>`, and :func:`weightshare.retie` in the

@@ -281,7 +281,8 @@ workdir.cleanup()
 # :func:`weightshare.load` both do that; :func:`weightshare.load` also refuses a file
 # whose tied keys disagree, where ``load_state_dict`` keeps whichever module it
 # visits last. With Hugging Face models, ``tie_word_embeddings`` must match how the
-# checkpoint was trained.
+# checkpoint was trained. Which transformers and safetensors releases behave as
+# shown here: the :ref:`version table <version-table>`.
 #
 # Next: :doc:`/auto_examples/fix_build/plot_meta_device_init` (ties lost before the
 # first step, when a model is built on the meta device), the

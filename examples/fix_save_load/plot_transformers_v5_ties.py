@@ -168,9 +168,10 @@ both = load(save(untied_state, "both", True))
 # -------------------------
 # A ``config.json`` that omits ``tie_word_embeddings`` gets the class default, and
 # GPT-2's is ``True``. Step-Audio-EditX shipped such a config over a checkpoint with
-# two different matrices, and on transformers 4.54 and later the head was tied to the
-# embedding and its saved values lost
-# (`Step-Audio-EditX#38 <https://github.com/stepfun-ai/Step-Audio-EditX/issues/38>`_).
+# two different matrices; its users found the head tied to the embedding and its
+# saved values lost, which the report dates to transformers 4.54
+# (`Step-Audio-EditX#38 <https://github.com/stepfun-ai/Step-Audio-EditX/issues/38>`_;
+# the version table finds the same on 4.45 to 4.57).
 # On 5.23 the values survive, with the same warning, but the config still says tied:
 # ``save_pretrained`` writes that back, and every tool that trusts the flag (a
 # converter, a quantizer) ties the two again. ``weightshare check`` reads the folder
@@ -245,8 +246,8 @@ workdir.cleanup()
 # every config you own (in ``text_config`` for a vision-language model), and check a
 # folder with ``weightshare check`` before publishing it: a config that says "tied"
 # over two different matrices is the one the library now only warns about. Which of
-# these bite on your version (4.45 to 5.23, measured) is in the version table of
-# the :doc:`symptom index </symptoms>`.
+# these bite on your version (4.45 to 5.23, measured) is in the
+# :ref:`version table <version-table>` of the symptom index.
 #
 # Next: :doc:`/auto_examples/fix_save_load/plot_weightshare_check` (what the check
 # reports), then :doc:`/auto_examples/fix_adapt/plot_resize_vocabulary` (resizing the
