@@ -5,12 +5,12 @@ Upgrading to transformers 5: the tie rules changed
 ``AttributeError: 'list' object has no attribute 'keys'`` when building your own
 model class after upgrading to transformers 5, or a model that loads without error
 and is no longer tied, or the warning *"both are present in the checkpoints with
-different values, so we will NOT tie them"*. In transformers 5 a tie is made from
-two things only: a ``{target: source}`` dict in ``_tied_weights_keys`` and the
-config's ``tie_word_embeddings``, and both must be written out, because neither
-has the default it had in version 4. This page shows each change on tiny models
-(transformers 5.23), and the fix: declare the dict, write the flag, and check the
-saved folder with ``weightshare check``.
+different values, so we will NOT tie them"*. In transformers 5 a model is tied
+only when its class declares the tie as a ``{target: source}`` dict, its config
+says ``tie_word_embeddings=True``, and the checkpoint does not hold two different
+matrices for the pair; neither declaration has the default it had in version 4.
+This page shows each change on tiny models (transformers 5.23), and the fixes:
+declare the dict, write the flag, check the saved folder with ``weightshare check``.
 """
 
 # %%
@@ -87,8 +87,7 @@ silent = TinyLM(TinyConfig())
 # []
 #
 # Nothing warns: the model trains two matrices where it had one. Give the config
-# class the flag with the default you mean (``tie_word_embeddings=True`` in its
-# ``__init__``), or pass it, as ``model`` above did:
+# class the flag with the default you mean, or pass it, as ``model`` above did:
 #
 # >>> weightshare.shared_groups(model)
 # [['embed.weight', 'lm_head.weight']]
@@ -119,6 +118,7 @@ sizes = dict(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
 config = GPT2Config(**sizes, bos_token_id=0, eos_token_id=0)
 tied = GPT2LMHeadModel(config)
 WTE, HEAD = "transformer.wte.weight", "lm_head.weight"
+FLAG = "tie_word_embeddings"
 
 
 def save(state: dict[str, torch.Tensor], name: str, flag: bool | None) -> str:
@@ -129,14 +129,14 @@ def save(state: dict[str, torch.Tensor], name: str, flag: bool | None) -> str:
     save_file(state, os.path.join(folder, "model.safetensors"), {"format": "pt"})
     config_file = Path(folder, "config.json")
     settings = json.loads(config_file.read_text())
-    settings.pop("tie_word_embeddings", None)
-    if flag is not None:
-        settings["tie_word_embeddings"] = flag
-    config_file.write_text(json.dumps(settings))
+    del settings[FLAG]
+    written = {} if flag is None else {FLAG: flag}
+    config_file.write_text(json.dumps(settings | written))
     return folder
 
 
 def load(folder: str) -> GPT2LMHeadModel:
+    """``from_pretrained``, printing the first sentence of each warning it logs."""
     buffer.flush()
     loaded = GPT2LMHeadModel.from_pretrained(folder)
     for record in buffer.buffer:
@@ -203,30 +203,17 @@ explicit = save(untied_state, "explicit", False)
 # In a model that wraps a language model (Llava here), the flag that counts is the
 # one in ``text_config``. A ``tie_word_embeddings=False`` given at the top level is
 # ignored when the text config says ``True``:
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-)
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers import LlavaForConditionalGeneration as Llava
 
-text = dict(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1)
-heads = dict(num_attention_heads=2, num_key_value_heads=2)
-vision = CLIPVisionConfig(
-    hidden_size=8,
-    intermediate_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    image_size=8,
-    patch_size=4,
-)
+layers = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1)
+text = dict(vocab_size=32, num_attention_heads=2, num_key_value_heads=2, **layers)
+vision = CLIPVisionConfig(num_attention_heads=2, image_size=8, patch_size=4, **layers)
 
 
-def llava(text_flag: bool, **top: bool) -> LlavaForConditionalGeneration:
-    language = LlamaConfig(**text, **heads, tie_word_embeddings=text_flag)
-    return LlavaForConditionalGeneration(
-        LlavaConfig(vision_config=vision, text_config=language, **top)
-    )
+def llava(text_flag: bool, **top: bool) -> Llava:
+    language = LlamaConfig(**text, tie_word_embeddings=text_flag)
+    return Llava(LlavaConfig(vision_config=vision, text_config=language, **top))
 
 
 ignored = llava(True, tie_word_embeddings=False)
