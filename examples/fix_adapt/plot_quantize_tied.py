@@ -158,6 +158,7 @@ folder.cleanup()
 # the vocabulary twice. Keep the tie by leaving the head out, or untie on purpose
 # and quantize both, and check the saved file with ``weightshare check``.
 #
-# Next: :doc:`/auto_examples/fix_distribute/plot_ddp_tied` (the tie across
-# processes), and :doc:`/auto_examples/fix_train/plot_transforms_functional` for
-# other transformations (pruning, ``weight_norm``) that untie.
+# Next: :doc:`/auto_examples/fix_adapt/plot_merge_export_tied` (merging and
+# exporting a tied model), and
+# :doc:`/auto_examples/fix_train/plot_transforms_functional` for other
+# transformations (pruning, ``weight_norm``) that untie.
