@@ -34,7 +34,8 @@ def _header(env: dict[str, Any]) -> str:
         for name in ("transformers", "peft", "accelerate", "safetensors")
         if versions.get(name)
     ]
-    return ", ".join(parts) or env["label"]
+    pinned = " (pinned)" if env["label"] == "pinned" else ""
+    return (", ".join(parts) or env["label"]) + pinned
 
 
 def _page(stem: str, examples: Path) -> str:

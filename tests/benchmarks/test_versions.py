@@ -69,6 +69,6 @@ def test_table_marks_and_links() -> None:
         ],
     }
     text = version_table.table(data, ROOT / "examples")
-    assert "| Failure | Page | old | transformers 5.23.0 |" in text
+    assert "| Failure | Page | old | transformers 5.23.0 (pinned) |" in text
     assert "{doc}`/auto_examples/fix_save_load/plot_save_load_tied`" in text
     assert "| cannot run: ImportError: x | yes |" in text
