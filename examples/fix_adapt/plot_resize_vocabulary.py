@@ -31,8 +31,9 @@ from transformers.utils import logging
 
 import weightshare
 
-logging.set_verbosity_error()
 logging.disable_progress_bar()
+verbosity = logging.get_verbosity()  # restored at the end of the page
+logging.set_verbosity_error()
 SEED = 0  # the comparison below holds at other seeds too (tested)
 torch.manual_seed(SEED)
 sizes = dict(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
@@ -171,14 +172,16 @@ import warnings
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
-warnings.filterwarnings("ignore", category=FutureWarning)  # a peft deprecation
+quiet = dict(action="ignore", category=FutureWarning)  # a peft deprecation notice
 save = dict(modules_to_save=["embed_tokens"], ensure_weight_tying=True)
 lora = LoraConfig(r=2, target_modules=["q_proj"], **save)
 adapter_dir = tempfile.TemporaryDirectory()
-adapted = get_peft_model(copy.deepcopy(tied), lora)  # tied: resized to 40 above
-adapted.save_pretrained(adapter_dir.name)
+with warnings.catch_warnings(**quiet):
+    adapted = get_peft_model(copy.deepcopy(tied), lora)  # tied: resized to 40 above
+    adapted.save_pretrained(adapter_dir.name)
 try:
-    PeftModel.from_pretrained(tiny_llama(tie=True), adapter_dir.name)
+    with warnings.catch_warnings(**quiet):
+        PeftModel.from_pretrained(tiny_llama(tie=True), adapter_dir.name)
 except RuntimeError as err:
     print(*[line.strip() for line in str(err).splitlines()], sep="\n")
 
@@ -186,9 +189,11 @@ except RuntimeError as err:
 # The fix: resize the base model to the adapter's vocabulary first, then load.
 base = tiny_llama(tie=True)
 base.resize_token_embeddings(40)
-restored = PeftModel.from_pretrained(base, adapter_dir.name)
+with warnings.catch_warnings(**quiet):
+    restored = PeftModel.from_pretrained(base, adapter_dir.name)
 embedding = restored.get_input_embeddings().weight
 adapter_dir.cleanup()
+logging.set_verbosity(verbosity)
 
 # %%
 # >>> tuple(embedding.shape)

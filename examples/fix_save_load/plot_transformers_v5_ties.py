@@ -219,6 +219,8 @@ def llava(text_flag: bool, **top: bool) -> Llava:
 ignored = llava(True, tie_word_embeddings=False)
 obeyed = llava(False)
 workdir.cleanup()
+hf_logging.get_logger().removeHandler(buffer)  # logging as it was
+hf_logging.enable_default_handler()
 
 # %%
 # >>> ignored.lm_head.weight is ignored.get_input_embeddings().weight
