@@ -81,7 +81,7 @@ versions: $(STAMP)  ## run the failures' reproductions under old releases (not i
 	OMP_NUM_THREADS=1 $(PY) benchmarks/versions.py
 
 check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
-	$(PY) -m pytest -q -p no:cacheprovider tests/lib tests/benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/lib tests/benchmarks
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12

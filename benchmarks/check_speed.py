@@ -27,7 +27,15 @@ the median time of ``check`` under a quarter of ``load_file_pread``'s (loading e
 tensor), and the memory check adds to its process, beyond the imports, under a
 quarter of the file size. Against the memory-mapped ``load_file`` the time ratio is
 recorded, not judged: neither reads a byte before comparing, so both read the same
-2 × 154 MB, and no exact method can take a quarter of that time. The result is
+2 × 154 MB, and no exact method can take a quarter of that time.
+
+The start-up of the command as a whole: ``weightshare check`` on a small
+safetensors file (a few tensors, 20 kB), run as its own process, against
+``python -c "import torch"`` and ``python -c pass``, taking turns round by round;
+each process's wall time and peak memory (``ru_maxrss``, from ``os.wait4``). The
+goals: the command's median time under a fifth of ``import torch``'s, and its peak
+memory under 100 MB (it imports neither torch nor transformers for a safetensors
+file). The result is
 printed and written to ``benchmarks/results/check_speed-<UTC date and time>.json``;
 the last line is ``check benchmark: ok`` when every goal is met (exit status 1
 otherwise, naming the goals missed).
@@ -55,6 +63,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("check", "load_file", "load_file_pread")
 GOAL_TIME_RATIO = 0.25
 GOAL_MEMORY_RATIO = 0.25
+GOAL_STARTUP_RATIO = 0.2  # the command's whole process against `import torch`
+GOAL_STARTUP_MEMORY = 100e6  # bytes of peak memory of the command's process
+STARTUP = ("check_command", "import_torch", "python_pass")
 FULL = {"vocab": 50257, "width": 768, "blocks": 7, "context": 1024, "rounds": 11}
 QUICK = {"vocab": 2000, "width": 256, "blocks": 2, "context": 128, "rounds": 1}
 
@@ -100,6 +111,87 @@ def write_file(path: Path, shape: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def startup_commands(path: Path) -> dict[str, list[str]]:
+    """The three whole processes timed for start-up."""
+    script = Path(sys.executable).with_name("weightshare")
+    command = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "weightshare"]
+    )
+    return {
+        "check_command": [*command, "check", str(path)],
+        "import_torch": [sys.executable, "-c", "import torch"],
+        "python_pass": [sys.executable, "-c", "pass"],
+    }
+
+
+def run_process(command: list[str]) -> dict[str, Any]:
+    """One process's wall time, peak memory (its own ``ru_maxrss``) and status."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "seconds": seconds,
+        "peak_rss": usage.ru_maxrss * 1024,  # kilobytes on Linux
+        "status": process.returncode,
+    }
+
+
+def startup(path: Path, rounds: int) -> dict[str, Any]:
+    """Every round runs the three processes, in turns; medians and ratios."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        f"layer{i}.weight": torch.randn(40, 32, generator=generator) for i in range(4)
+    }
+    save_file(tensors, str(path))
+    commands = startup_commands(path)
+    # The processes are started by a small worker that has not imported torch: a
+    # child's ru_maxrss starts from its parent's at fork, so this process (which
+    # has) would lend each of them its 250 MB.
+    done = subprocess.run(
+        [sys.executable, __file__, "--startup-worker", str(path), str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    samples: dict[str, list[dict[str, Any]]] = json.loads(done.stdout)
+    for name, runs in samples.items():
+        assert all(run["status"] == 0 for run in runs), (name, runs)
+    medians = {
+        name: {
+            "seconds": statistics.median(run["seconds"] for run in runs),
+            "peak_rss": statistics.median(run["peak_rss"] for run in runs),
+        }
+        for name, runs in samples.items()
+    }
+    check, torch_ = medians["check_command"], medians["import_torch"]
+    return {
+        "file_bytes": path.stat().st_size,
+        "commands": {name: commands[name][-2:] for name in STARTUP},
+        "samples": samples,
+        "medians": medians,
+        "time_vs_import_torch": check["seconds"] / torch_["seconds"],
+        "time_vs_python_pass": check["seconds"] / medians["python_pass"]["seconds"],
+    }
+
+
+def startup_worker(path: str, rounds: int) -> None:
+    """Run the start-up processes in turns; print their samples as JSON."""
+    commands = startup_commands(Path(path))
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in STARTUP}
+    for number in range(rounds):
+        order = STARTUP if number % 2 == 0 else STARTUP[::-1]
+        for name in order:
+            samples[name].append(run_process(commands[name]))
+    print(json.dumps(samples))
+
+
 def peak_rss() -> int:
     """This process's peak resident memory in bytes (``VmHWM``)."""
     with open("/proc/self/status") as status:
@@ -140,7 +232,7 @@ def run_load_file_pread(path: str) -> list[list[str]]:
 def worker(method: str, path: str) -> None:
     """Run one method, after its imports, and print its measurements as JSON."""
     if method == "check":
-        import weightshare._check  # noqa: F401  (imported outside the timing)
+        import weightshare._checkpoint._check  # noqa: F401  (imported outside the timing)
 
         operation = run_check
     else:
@@ -231,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="result folder")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "PATH"))
+    parser.add_argument("--startup-worker", nargs=2, metavar=("PATH", "ROUNDS"))
     args = parser.parse_args(argv)
     if args.worker:
         worker(*args.worker)
+        return 0
+    if args.startup_worker:
+        startup_worker(args.startup_worker[0], int(args.startup_worker[1]))
         return 0
     shape = QUICK if args.quick else FULL
     rounds = args.rounds or shape["rounds"]
@@ -251,11 +347,20 @@ def main(argv: list[str] | None = None) -> int:
             order = METHODS if number % 2 == 0 else METHODS[::-1]
             for method in order:
                 samples[method].append(measure(method, path))
+        started = startup(Path(tmp) / "small.safetensors", rounds)
     for method, runs in samples.items():
         for run in runs:
             assert run["found"] == [sorted(file["duplicate"])], (method, run["found"])
     medians = summarise(samples)
     ratios, goals = compare(medians, file["bytes"], args.quick)
+    ratio = started["time_vs_import_torch"]
+    goal = f"the command's whole process under {GOAL_STARTUP_RATIO} of import torch's"
+    met = None if args.quick else ratio < GOAL_STARTUP_RATIO
+    goals.append({"goal": goal, "value": ratio, "met": met})
+    memory = started["medians"]["check_command"]["peak_rss"]
+    goal = f"the command's peak memory under {GOAL_STARTUP_MEMORY / 1e6:.0f} MB"
+    met = None if args.quick else memory < GOAL_STARTUP_MEMORY
+    goals.append({"goal": goal, "value": memory, "met": met})
     for method in METHODS:
         m = medians[method]
         print(
@@ -276,9 +381,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"check's peak memory / file size: {memory:.3f}")
     added = ratios["check_added_memory_over_file_size"]
     print(f"check's memory beyond its imports / file size: {added:.3f}")
+    print("start-up, whole processes (median):")
+    for name in STARTUP:
+        m = started["medians"][name]
+        memory = m["peak_rss"] / 1e6
+        print(f"  {name:<16} {m['seconds']:7.3f} s, peak memory {memory:4.0f} MB")
+    print(
+        f"weightshare check / import torch: {started['time_vs_import_torch']:.3f} of "
+        f"the time; / python -c pass: {started['time_vs_python_pass']:.2f}"
+    )
     result = {
         "benchmark": "check_speed",
-        "schema": 1,
+        "schema": 2,
         "date": date.isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()},
         "load_average": list(os.getloadavg()),
@@ -290,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": samples,
         "medians": medians,
         "ratios": ratios,
+        "startup": started,
         "goals": goals,
     }
     args.out.mkdir(parents=True, exist_ok=True)

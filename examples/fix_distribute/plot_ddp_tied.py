@@ -2,14 +2,14 @@
 DDP with a tied model
 =====================
 
-:class:`~torch.nn.parallel.DistributedDataParallel` (DDP) trains a copy of the model
-in each process and averages the gradients between them during every backward pass.
-A tied weight is one :class:`~torch.nn.Parameter`, so DDP registers it once and
-all-reduces it once per step, and every rank keeps the tie. This page starts two
-real processes on this machine, trains a tied GPT in both, and checks three facts:
-the tie holds on every rank, the ranks hold identical weights, and they equal a
-single process trained on the whole batch. Then it shows the error DDP is known for
-with a shared *layer*, ``Expected to mark a variable ready only once``, and two fixes.
+``RuntimeError: Expected to mark a variable ready only once`` is what
+:class:`~torch.nn.parallel.DistributedDataParallel` (DDP) raises when one layer is
+applied twice under reentrant activation checkpointing. A tied *weight*, on the other
+hand, needs nothing: it is one :class:`~torch.nn.Parameter`, so DDP registers it once,
+all-reduces it once per step, and every rank keeps the tie. This page starts two real
+processes on this machine and checks both: a tied GPT trains on two ranks exactly as
+one process trains on the whole batch, and the shared layer raises that error until
+one of two fixes is applied, after which it too matches one process.
 """
 
 # %%
@@ -47,17 +47,7 @@ def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
 
 
-model = make_model()
-count = ws.count_parameters(model)
-
-# %%
-# One weight under two names: the model has fewer unique elements than its state
-# dict lists.
-#
-# >>> ws.shared_groups(model)
-# [['wte.weight', 'lm_head.weight']]
-# >>> count.unique, count.state_dict
-# (4464, 5488)
+count = ws.count_parameters(make_model())  # unique parameters, and every name
 
 # %%
 # The worker: what each rank runs
@@ -120,8 +110,17 @@ results = wsd.run(train_ddp, nprocs=2, timeout=60)
 #
 # >>> results[0]["buckets"]  # (elements, tensors) of each bucket, step by step
 # [(4464, 16), (4464, 16), (4464, 16)]
-# >>> count.unique_tensors, count.names
-# (16, 17)
+# >>> (count.unique, count.unique_tensors), (count.state_dict, count.names)
+# ((4464, 16), (5488, 17))
+import matplotlib.pyplot as plt
+
+labels = ["state dict\n(per name)", "unique\nparameters", "all-reduced\nper step"]
+all_reduced = sum(elements for elements, _ in results[0]["buckets"]) / STEPS
+values = [count.state_dict, count.unique, all_reduced]
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.bar(labels, values, color=["#bbbbbb", "#4c72b0", "#dd8452"])
+ax.set(ylabel="elements", title="DDP all-reduces the tied weight once")
+fig.tight_layout()
 
 # %%
 # Two ranks equal one process
@@ -137,8 +136,14 @@ for tokens in batches():
     next_token_loss(reference, tokens).backward()
     optimizer.step()
 
-rank0 = results[0]["weights"]
-gap = max((rank0[k] - v).abs().max().item() for k, v in reference.state_dict().items())
+
+def largest_gap(weights: dict[str, torch.Tensor], reference: nn.Module) -> float:
+    """The largest difference between trained weights and a reference model's."""
+    pairs = ((weights[k], v) for k, v in reference.state_dict().items())
+    return max((a - b).abs().max().item() for a, b in pairs)
+
+
+gap = largest_gap(results[0]["weights"], reference)
 print(f"largest difference from the single process: {gap:.1e}")
 
 # %%
@@ -146,6 +151,7 @@ print(f"largest difference from the single process: {gap:.1e}")
 #
 # >>> gap < 1e-6
 # True
+
 
 # %%
 # A layer used twice under activation checkpointing
@@ -157,6 +163,7 @@ print(f"largest difference from the single process: {gap:.1e}")
 # counts the second firing as an error (reported with layer-wise parameter sharing in
 # `pytorch#46166 <https://github.com/pytorch/pytorch/issues/46166>`_ and
 # `Lightning#4033 <https://github.com/Lightning-AI/pytorch-lightning/issues/4033>`_).
+# As above, each step's global batch of eight inputs is split between the ranks.
 from torch.utils.checkpoint import checkpoint
 
 
@@ -177,77 +184,81 @@ class SharedTwice(nn.Module):
         return self.head(x)
 
 
-def train_checkpointed(use_reentrant: bool, static_graph: bool) -> dict[str, object]:
+def make_shared_twice(use_reentrant: bool) -> SharedTwice:
     torch.manual_seed(0)
-    device = wsd.device()
-    model = SharedTwice(use_reentrant).to(device)
-    ddp = DDP(
-        model,
-        device_ids=[device] if device.type == "cuda" else None,
-        find_unused_parameters=not static_graph,
-        static_graph=static_graph,
-    )
+    return SharedTwice(use_reentrant)
+
+
+def inputs() -> torch.Tensor:
+    """Two steps of a global batch of eight inputs."""
+    return torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(2))
+
+
+def train_checkpointed(use_reentrant: bool, static_graph: bool) -> dict[str, object]:
+    rank, world, device = dist.get_rank(), dist.get_world_size(), wsd.device()
+    model = make_shared_twice(use_reentrant).to(device)
+    device_ids = [device] if device.type == "cuda" else None
+    ddp = DDP(model, device_ids=device_ids, static_graph=static_graph)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    x = torch.randn(4, 8, device=device)
     try:
-        for _ in range(2):
+        for x in inputs():
+            local = x.chunk(world)[rank].to(device)  # this rank's half
             optimizer.zero_grad()
-            ddp(x).sum().backward()
+            ddp(local).square().mean().backward()
             optimizer.step()
     except RuntimeError as err:
         return {"error": str(err)}
-    return {"error": None, "spread": wsd.rank_spread(model)}
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}
+    return {"error": None, "spread": wsd.rank_spread(model), "weights": weights}
 
 
 failed = wsd.run(train_checkpointed, args=(True, False))
-message = failed[0]["error"]
-print(message.split(". ")[0] + ".")
-print(message.splitlines()[1].split(". ")[0] + ".")
+for line in str(failed[0]["error"]).splitlines()[:2]:
+    print(line.split(". ")[0] + ".")  # the first sentence of each of two lines
 
 # %%
-# Both ranks stop with the same error:
+# Both ranks stop with that error:
 #
-# >>> failed[0]["error"] == failed[1]["error"]
-# True
+# >>> {str(r["error"]).split(". ")[0] for r in failed}
+# {'Expected to mark a variable ready only once'}
 
 # %%
-# Two fixes
-# ---------
+# Two fixes, each equal to one process
+# ------------------------------------
 # ``use_reentrant=False`` (PyTorch's recommended checkpointing) recomputes inside the
 # one backward pass, so each parameter becomes ready once. ``static_graph=True`` tells
 # DDP that the graph is the same every step; it then learns on the first step how
-# often each hook fires. Either way both ranks train and stay equal.
+# often each hook fires. Each rank saw only its half of every batch, so the ranks can
+# agree with one process trained on the whole batches only if DDP averaged their
+# gradients.
 non_reentrant = wsd.run(train_checkpointed, args=(False, False))
 static_graph = wsd.run(train_checkpointed, args=(True, True))
 
-# %%
-# >>> [(r["error"], r["spread"]) for r in non_reentrant]
-# [(None, 0.0), (None, 0.0)]
-# >>> [(r["error"], r["spread"]) for r in static_graph]
-# [(None, 0.0), (None, 0.0)]
+whole = make_shared_twice(use_reentrant=False)
+optimizer = torch.optim.SGD(whole.parameters(), lr=0.1)
+for x in inputs():
+    optimizer.zero_grad()
+    whole(x).square().mean().backward()
+    optimizer.step()
 
 # %%
-# What DDP all-reduces each step
-# ------------------------------
-# The bars compare what the communication hook saw with the two ways of counting the
-# model: DDP moves the unique parameters, so the tie saves the embedding's 64 × 16
-# elements in every all-reduce, as it saves them in memory.
-import matplotlib.pyplot as plt
-
-labels = ["state dict\n(per name)", "unique\nparameters", "all-reduced\nper step"]
-values = [count.state_dict, count.unique, results[0]["buckets"][0][0]]
-fig, ax = plt.subplots(figsize=(5, 3.2))
-ax.bar(labels, values, color=["#bbbbbb", "#4c72b0", "#dd8452"])
-ax.set_ylabel("elements")
-ax.set_title("DDP all-reduces the tied weight once")
-fig.tight_layout()
+# Both fixes train, the ranks hold identical weights, and those are the single
+# process's within float32 rounding:
+#
+# >>> [(r["error"], r["spread"]) for r in non_reentrant + static_graph]
+# [(None, 0.0), (None, 0.0), (None, 0.0), (None, 0.0)]
+# >>> largest_gap(non_reentrant[0]["weights"], whole) < 1e-6
+# True
+# >>> largest_gap(static_graph[0]["weights"], whole) < 1e-6
+# True
 
 # %%
 # Conclusion
 # ----------
 # DDP needs nothing special for a tied weight: it sees one parameter, reduces it
 # once, and the ranks stay identical and equal to a single process. The trap is a
-# shared layer under *reentrant* checkpointing; use ``use_reentrant=False``. Under
+# shared layer under *reentrant* checkpointing; use ``use_reentrant=False`` (why, hook
+# by hook: :doc:`/auto_examples/fix_train/plot_hooks_checkpointing`). Under
 # ``torchrun`` the same file runs the worker in each launched process, with NCCL on
 # GPUs. Next: :doc:`plot_fsdp2_tied`, where sharding the tied weight needs care, and
 # :func:`weightshare.distributed.run` in the :doc:`API reference </api>`.

@@ -2,15 +2,14 @@
 FSDP2 with a tied GPT
 =====================
 
-FSDP2 (``torch.distributed.fsdp.fully_shard``) splits every parameter across the
-ranks and gathers it only while a module runs. The usual recipe shards the token
-embedding, each block and the output layer one by one, and with tied embeddings that
-fails: the one weight ends up in two groups, and PyTorch 2.13 rejects it at the first
-forward pass. :func:`weightshare.fsdp_units` merges modules that share a parameter
-into one group. This page runs two real processes and shows the error, the fix, that
-training keeps the tie and matches a single process, and that a sharded checkpoint
-saved with :mod:`torch.distributed.checkpoint` restores the tie and resumes the run
-bit for bit.
+``ValueError: Parameter 'lm_head.weight' is shared with a parameter already managed
+by another FSDP group`` is what PyTorch 2.13 raises at the first forward pass when the
+usual FSDP2 recipe, one ``fully_shard`` call for the token embedding, each block and
+the output layer, meets tied embeddings: the one weight ends up in two groups.
+:func:`weightshare.fsdp_units` merges modules that share a parameter into one group.
+This page runs two real processes and shows the error, the fix, that training keeps
+the tie and matches a single process, and that a sharded checkpoint saved with
+:mod:`torch.distributed.checkpoint` restores the tie and resumes the run bit for bit.
 """
 
 # %%
@@ -72,11 +71,17 @@ def mesh() -> DeviceMesh:
 # the first forward pass, which stopped tied models such as Llama-3.2, Qwen3 and
 # Gemma in Hugging Face Accelerate until
 # `accelerate#4171 <https://github.com/huggingface/accelerate/pull/4171>`_.
-def shard_one_by_one() -> dict[str, object]:
-    model, ranks = make_model().to(wsd.device()), mesh()
-    for module in [model.wte, *model.blocks, model.lm_head]:
-        fully_shard(module, mesh=ranks)
+def shard(model: GPT, group_tied: bool) -> None:
+    """``fully_shard`` the embedding, each block and the output layer, then the root."""
+    modules, ranks = [model.wte, *model.blocks, model.lm_head], mesh()
+    for unit in ws.fsdp_units(model, modules) if group_tied else modules:
+        fully_shard(unit, mesh=ranks)
     fully_shard(model, mesh=ranks)
+
+
+def first_forward(group_tied: bool) -> dict[str, object]:
+    model = make_model().to(wsd.device())
+    shard(model, group_tied)
     tied = model.lm_head.weight is model.wte.weight
     try:
         model(batches()[0].to(wsd.device()))
@@ -85,7 +90,7 @@ def shard_one_by_one() -> dict[str, object]:
     return {"tied": tied, "error": None}
 
 
-one_by_one = wsd.run(shard_one_by_one, nprocs=2, timeout=60)
+one_by_one = wsd.run(first_forward, nprocs=2, args=(False,), timeout=60)
 print(one_by_one[0]["error"])
 
 # %%
@@ -100,13 +105,19 @@ print(one_by_one[0]["error"])
 # :func:`weightshare.fsdp_units` takes the modules you would shard one by one and
 # merges those that hold a common parameter into one list, which ``fully_shard``
 # shards as one group. It reads only the model's structure, so it can be tried here,
-# without a process group:
+# without a process group; ``shard(model, group_tied=True)`` above uses it:
 model = make_model()
 units = ws.fsdp_units(model, [model.wte, *model.blocks, model.lm_head])
+grouped = wsd.run(first_forward, nprocs=2, args=(True,), timeout=60)
 
 # %%
+# The embedding and the output layer form the first unit, and sharded that way the
+# tie holds and the forward pass runs:
+#
 # >>> units[0] == [model.wte, model.lm_head], units[1] is model.blocks[0]
 # (True, True)
+# >>> [(r["tied"], r["error"]) for r in grouped]
+# [(True, None), (True, None)]
 
 
 # %%
@@ -117,10 +128,8 @@ units = ws.fsdp_units(model, [model.wte, *model.blocks, model.lm_head])
 # its own shards into one folder, made by this page. It returns the mean loss of each
 # step, whether the tie held, and the full (gathered) weights.
 def sharded_model_and_optimizer() -> tuple[GPT, torch.optim.Optimizer]:
-    model, ranks = make_model().to(wsd.device()), mesh()
-    for unit in ws.fsdp_units(model, [model.wte, *model.blocks, model.lm_head]):
-        fully_shard(unit, mesh=ranks)
-    fully_shard(model, mesh=ranks)
+    model = make_model().to(wsd.device())
+    shard(model, group_tied=True)
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
 
 
@@ -244,48 +253,20 @@ checkpoint.cleanup()
 # [True, True]
 # >>> resumed[0]["losses"] == trained[0]["losses"][SAVE_AT:]
 # True
-
-# %%
-# The losses, step by step
-# ------------------------
-# The single process, the two sharded ranks and the resumed run, on one chart.
+#
+# The single process, the two sharded ranks and the resumed run, step by step:
 import matplotlib.pyplot as plt
 
 steps = range(1, STEPS + 1)
 fig, ax = plt.subplots(figsize=(5, 3.2))
 ax.plot(steps, reference_losses, "-", color="#999999", lw=4, label="one process")
 ax.plot(steps, trained[0]["losses"], "o", color="#4c72b0", label="FSDP2, 2 ranks")
-resumed_steps = steps[SAVE_AT:]
-ax.plot(resumed_steps, resumed[0]["losses"], "x", color="#dd8452", ms=10,
-        mew=2, label="resumed from checkpoint")  # fmt: skip
-ax.set_xticks(list(steps))
-ax.set_xlabel("step")
-ax.set_ylabel("loss")
-ax.set_title("A tied GPT under FSDP2")
+ax.plot(steps[SAVE_AT:], resumed[0]["losses"], "x", color="#dd8452", ms=10, mew=2,
+        label="resumed from checkpoint")  # fmt: skip
+ax.set(xticks=list(steps), xlabel="step", ylabel="loss", title="A tied GPT under FSDP2")
 ax.set_ylim(top=max(reference_losses) + 0.06)  # room for the legend
 ax.legend(loc="upper right", fontsize=8)
 fig.tight_layout()
-
-# %%
-# Tensor parallelism and tied embeddings
-# --------------------------------------
-# Tensor parallelism splits single matrices across ranks instead of whole parameters.
-# For a tied V×d embedding, both uses must split it the same way, and the way that
-# works splits the vocabulary dimension V: the input embedding looks up rows, the
-# output layer multiplies by the same rows, and each rank holds the same V/n rows for
-# both. Megatron-LM does this ("Megatron-LM: Training Multi-Billion Parameter
-# Language Models Using Model Parallelism", arXiv:1909.08053): its input embedding is
-# split along the vocabulary, its GPT model passes that embedding's weight to a
-# column-parallel output layer, and the loss is computed on the vocabulary-split
-# logits. torchtitan's Qwen3 `parallelize
-# <https://github.com/pytorch/torchtitan/blob/057fedda0ceec552757c451a13e0952a4c0ec200/torchtitan/models/qwen3/infra/parallelize.py>`_
-# applies ``RowwiseParallel`` to ``tok_embeddings`` and ``ColwiseParallel`` to
-# ``output`` (for an embedding and for a linear layer of weight V×d, both shard the
-# weight's dimension 0, the vocabulary) and assigns
-# ``model.output.weight = model.tok_embeddings.weight`` after all parallelisms are
-# applied. With FSDP2 on top, the pair must then share one ``fully_shard`` group too
-# (`torchtitan#2495 <https://github.com/pytorch/torchtitan/issues/2495>`_). This page
-# runs no tensor-parallel code: two CPU processes show nothing about its speed.
 
 # %%
 # Conclusion
@@ -295,4 +276,4 @@ fig.tight_layout()
 # any model. Then the tie holds as one DTensor, training matches a single process and
 # a :mod:`torch.distributed.checkpoint` round trip keeps it. Next:
 # :doc:`plot_pipeline_tied`, where the two uses of the weight live in different
-# processes, and :doc:`plot_ddp_tied` for plain data parallelism.
+# processes; :doc:`plot_tensor_parallel_tied` splits the tied matrix itself.

@@ -2,15 +2,16 @@
 Check a checkpoint before loading it
 ====================================
 
-Many tied-weight failures start in a file on disk, long before training: a Hugging
-Face folder whose config ties the output layer to the embedding while its saved
-``lm_head.weight`` holds other values, or a save that wrote the tied matrix twice.
-``weightshare check PATH`` says what loading the file will do to the tie, without
-loading the model: it reads the safetensors header, compares tensor bytes through a
-memory map, and builds the architecture from ``config.json`` on the meta device. This
-page makes four tiny checkpoints locally (a healthy tied GPT-2, the tied matrix stored
-twice, a config that ties while the saved head differs, a truncated file), checks each
-one, and then loads them with ``from_pretrained`` to prove what the report predicts.
+"Both are present in the checkpoints with different values, so we will NOT tie
+them": ``from_pretrained`` warns so, and loads untied a model whose config ties the
+output layer to the embedding; other checkpoints stop it with a size-mismatch error,
+or give it a head of random values. ``weightshare check PATH`` says which before
+anything is loaded: it reads the safetensors header, compares tensor bytes through a
+memory map, and asks transformers what the architecture ties (on the meta device,
+never running a folder's own code). This page makes four tiny checkpoints (a healthy
+tied GPT-2, the tied matrix stored twice, a saved head that differs, a truncated
+file), checks each, loads them to prove the report right, and times the command: on
+a safetensors file it needs neither torch nor transformers.
 """
 
 # %%
@@ -61,13 +62,11 @@ healthy = check("gpt2-tied")
 print(healthy.format())
 
 # %%
-# The tie comes from the model that transformers builds from ``config.json`` on the
-# meta device (no memory, no weights read), so any architecture it knows works;
-# without transformers the report falls back to the flag ``tie_word_embeddings`` and
-# says which names it assumed. The file holds one of the two tied names, and
-# ``from_pretrained`` fills the other from it. The "constant" line counts the zero
-# biases and unit norm weights of a fresh model: equal by construction, so not
-# reported as copies.
+# The tie comes from the model transformers builds from ``config.json`` on the meta
+# device, and the file's keys are renamed by transformers' own loading rules; without
+# transformers the report falls back to the flag ``tie_word_embeddings``. The file
+# holds one of the two tied names; ``from_pretrained`` fills the other from it. The
+# "constant" line counts a fresh model's zero biases and unit norms, not reported.
 #
 # >>> healthy.status
 # 0
@@ -162,24 +161,53 @@ for record in caught.buffer:
 # True
 
 # %%
-# A truncated file
-# ----------------
-# An interrupted upload or copy leaves a file shorter than its header says. The
-# command line names the file and the problem on one line and exits with status 2.
-# It runs here as a real process; a lone safetensors file needs neither torch nor
-# transformers, so it starts in a fraction of a second.
+# A truncated file, and how fast the command starts
+# -------------------------------------------------
+# An interrupted upload leaves a file shorter than its header says. The command names
+# the file and the problem on one line and exits with status 2. It runs here as a
+# real process, with ``-X importtime`` listing every module it imports, and is timed
+# on the healthy file against a process that only imports torch (best of two each):
 import subprocess
 import sys
+import time
 
 data = (workdir / "gpt2-tied" / "model.safetensors").read_bytes()
 (workdir / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-command = [sys.executable, "-m", "weightshare", "check", "truncated.safetensors"]
-truncated = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
-print(truncated.stderr)
+
+
+def run(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """A Python process in the temporary folder, and its wall time in seconds."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *args], cwd=workdir, capture_output=True, text=True
+    )
+    return done, time.perf_counter() - start
+
+
+check_args = ["-m", "weightshare", "check"]
+truncated, _ = run("-X", "importtime", *check_args, "truncated.safetensors")
+lines = truncated.stderr.splitlines()
+imported = {line.rsplit("|", 1)[-1].strip() for line in lines if "import time:" in line}
+print("\n".join(line for line in lines if "import time:" not in line))
+healthy_file = "gpt2-tied/model.safetensors"
+seconds = min(run(*check_args, healthy_file)[1] for _ in range(2))
+torch_seconds = min(run("-c", "import torch")[1] for _ in range(2))
+print(f"weightshare check {healthy_file}: {seconds:.2f} s as a whole process")
+print(f"python -c 'import torch': {torch_seconds:.2f} s")
 
 # %%
 # >>> truncated.returncode, truncated.stdout
 # (2, '')
+# >>> sorted(imported & {"torch", "transformers", "safetensors"})
+# []
+# >>> seconds < torch_seconds / 5
+# True
+#
+# Reading a header needs the standard library alone (NumPy, when installed, compares
+# bytes faster); torch is imported for a torch checkpoint or to measure how much
+# tied tensors differ, and transformers for a folder's architecture.
+# ``benchmarks/check_speed.py`` records the same comparison, with memory
+# (:doc:`benchmarks </benchmarks>`).
 
 # %%
 # In CI, before publishing a checkpoint
@@ -196,8 +224,8 @@ print(truncated.stderr)
 # ``python -m weightshare check`` works the same, and ``--json`` prints one
 # machine-readable report for all the paths given. With ``--no-transformers`` a
 # folder's ties come from the config flag alone, with the usual names assumed; the
-# command then needs neither transformers nor, unless tied tensors differ, torch, and
-# starts at once. Three of the checkpoints, as such a job would see them:
+# command then needs no transformers, and no torch unless tied tensors differ. Three
+# of the checkpoints, as such a job would see them:
 import json
 
 command = [sys.executable, "-m", "weightshare", "check", "--json", "--no-transformers"]
@@ -251,17 +279,14 @@ fig.tight_layout()
 # Conclusion
 # ----------
 # A checkpoint's ties can be checked where they break: on disk, before any model is
-# built. :func:`weightshare.check` (the command ``weightshare check``) reads headers
-# and compares bytes only between tensors of equal dtype and shape, through a memory
-# map a chunk at a time, so its memory stays a small part of the file's size (see the
-# :doc:`benchmarks </benchmarks>`). It predicts what ``from_pretrained`` does, and the
-# loads above confirm it: a stored-twice tie costs only space, but a config that ties
-# a head saved with other values loads untied, and the next ``tie_weights()`` throws
-# the head away. The fix is in the report: store the tied matrix once, or set
-# ``tie_word_embeddings`` to false when the model is meant to be untied. The check
-# also reports the reverse case, an untied config whose file lacks the head, which
-# ``from_pretrained`` fills with random values: the "gibberish output" reports, such
-# as `transformers#43429 <https://github.com/huggingface/transformers/pull/43429>`_.
+# built, by a command that starts in a fraction of torch's import time. It predicts
+# what ``from_pretrained`` does, and the loads above confirm it: a stored-twice tie
+# costs only space, but a config that ties a head saved with other values loads
+# untied, and the next ``tie_weights()`` throws the head away. The fix is in the
+# report. The check also reports the reverse case, an untied config whose file lacks
+# the head, which ``from_pretrained`` fills with random values: the "gibberish
+# output" reports, such as
+# `transformers#43429 <https://github.com/huggingface/transformers/pull/43429>`_.
 #
 # Next: :func:`weightshare.save` and :func:`weightshare.load`, which write and read
 # checkpoints that keep ties, in the :doc:`API reference </api>`, and the other pages

@@ -27,51 +27,60 @@ Examples
 40
 """
 
-from ._check import CheckReport, Finding, TensorInfo, TieInfo, check
-from ._checkpoint import checkpoint_groups, load, save
-from ._count import ParameterCount, count_parameters, training_state_bytes
-from ._errors import (
-    BrokenTieError,
-    CheckpointError,
-    NotAParameterError,
-    TieError,
-    UnknownNameError,
-)
-from ._fsdp import fsdp_units
-from ._grad import grad_contributions
-from ._groups import is_tied, shared_groups, storage_aliases
-from ._guard import TieGuard
-from ._optim import param_groups, unique_parameters
-from ._tie import retie, tie, untie
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BrokenTieError",
-    "CheckReport",
-    "CheckpointError",
-    "Finding",
-    "NotAParameterError",
-    "ParameterCount",
-    "TensorInfo",
-    "TieError",
-    "TieGuard",
-    "TieInfo",
-    "UnknownNameError",
-    "check",
-    "checkpoint_groups",
-    "count_parameters",
-    "fsdp_units",
-    "grad_contributions",
-    "is_tied",
-    "load",
-    "param_groups",
-    "retie",
-    "save",
-    "shared_groups",
-    "storage_aliases",
-    "tie",
-    "training_state_bytes",
-    "unique_parameters",
-    "untie",
-]
+# Public name -> the module that defines it. Names are imported on first use
+# (PEP 562 ``__getattr__``, the Scientific Python SPEC 1 convention), so that
+# ``import weightshare`` is cheap and ``weightshare check`` on a safetensors file
+# never imports torch. ``__init__.pyi`` lists the same names for type checkers.
+_LAZY = {
+    "BrokenTieError": "._errors",
+    "CheckReport": "._checkpoint._report",
+    "CheckpointError": "._errors",
+    "Finding": "._checkpoint._report",
+    "NotAParameterError": "._errors",
+    "ParameterCount": "._count",
+    "TensorInfo": "._checkpoint._report",
+    "TieError": "._errors",
+    "TieGuard": "._guard",
+    "TieInfo": "._checkpoint._report",
+    "UnknownNameError": "._errors",
+    "check": "._checkpoint._check",
+    "checkpoint_groups": "._checkpoint._saveload",
+    "count_parameters": "._count",
+    "fsdp_units": "._fsdp",
+    "grad_contributions": "._grad",
+    "is_tied": "._groups",
+    "load": "._checkpoint._saveload",
+    "param_groups": "._optim",
+    "retie": "._tie",
+    "save": "._checkpoint._saveload",
+    "shared_groups": "._groups",
+    "storage_aliases": "._groups",
+    "tie": "._tie",
+    "training_state_bytes": "._count",
+    "unique_parameters": "._optim",
+    "untie": "._tie",
+}
+_SUBMODULES = ("distributed", "models")
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])

@@ -1,5 +1,5 @@
-"""``python -m weightshare check PATH``: see :mod:`weightshare._cli`."""
+"""``python -m weightshare check PATH``: see :mod:`weightshare._checkpoint._cli`."""
 
-from weightshare._cli import main
+from weightshare._checkpoint._cli import main
 
 raise SystemExit(main())

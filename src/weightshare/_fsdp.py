@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from ._names import named
+from ._unionfind import UnionFind
 
 __all__ = ["fsdp_units"]
 
@@ -83,7 +84,7 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
         elif index not in holders.setdefault(id(param), []):
             holders[id(param)].append(index)
     extra: list[nn.Module] = []  # holders of outside names that join a unit
-    parent = list(range(len(listed)))
+    sets: UnionFind[int] = UnionFind(range(len(listed)))
     dropped: set[int] = set()
     for key, indices in holders.items():
         owners = [_owner(model, name) for name in outside.get(key, [])]
@@ -93,11 +94,11 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
         for owner in owners:
             if all(owner is not m for m in extra):
                 extra.append(owner)
-                parent.append(len(parent))
+                sets.add(len(listed) + len(extra) - 1)
             indices = [*indices, _index(owner, listed, extra)]
         for index in indices[1:]:
-            _union(parent, indices[0], index)
-    return _order(_groups(listed + extra, parent, dropped))
+            sets.union(indices[0], index)
+    return _order(_groups(listed + extra, sets, dropped))
 
 
 def _check(model: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
@@ -159,27 +160,14 @@ def _index(module: nn.Module, listed: list[nn.Module], extra: list[nn.Module]) -
     return next(i for i, m in enumerate(every) if m is module)
 
 
-def _union(parent: list[int], a: int, b: int) -> None:
-    """Merge the sets of ``a`` and ``b`` (union-find with path halving)."""
-    root_a, root_b = _find(parent, a), _find(parent, b)
-    parent[max(root_a, root_b)] = min(root_a, root_b)
-
-
-def _find(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
 def _groups(
-    modules: list[nn.Module], parent: list[int], dropped: set[int]
+    modules: list[nn.Module], sets: UnionFind[int], dropped: set[int]
 ) -> list[list[nn.Module]]:
     """Modules grouped by their set, in order of first module; outer modules only."""
-    dropped_roots = {_find(parent, i) for i in dropped}
+    dropped_roots = {sets.find(i) for i in dropped}
     groups: dict[int, list[nn.Module]] = {}
     for i, module in enumerate(modules):
-        root = _find(parent, i)
+        root = sets.find(i)
         if root not in dropped_roots:
             groups.setdefault(root, []).append(module)
     return [_outermost(group) for group in groups.values()]

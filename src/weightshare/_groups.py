@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._names import get_parameter, identity_groups, named
+from ._unionfind import UnionFind
 
 __all__ = ["is_tied", "shared_groups", "storage_aliases"]
 
@@ -182,23 +183,17 @@ def _components(views: list[tuple[_View, str]]) -> list[list[str]]:
     A sweep over start bytes pairs only views whose byte ranges overlap; each
     such pair is then decided exactly by :func:`_share`.
     """
-    parent = {name: name for _, name in views}
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            name = parent[name]
-        return name
-
+    sets: UnionFind[str] = UnionFind(name for _, name in views)
     ordered = sorted(views, key=lambda v: (v[0].start, v[1]))
     for i, (a, name_a) in enumerate(ordered):
         for b, name_b in ordered[i + 1 :]:
             if b.start >= a.end:
                 break
-            if root(name_a) != root(name_b) and _share(a, b):
-                parent[root(name_b)] = root(name_a)
+            if sets.find(name_a) != sets.find(name_b) and _share(a, b):
+                sets.union(name_a, name_b)
     components: dict[str, list[str]] = {}
     for _, name in ordered:
-        components.setdefault(root(name), []).append(name)
+        components.setdefault(sets.find(name), []).append(name)
     return list(components.values())
 
 

@@ -26,6 +26,13 @@ def test_check_benchmark_runs_quick(tmp_path: Path) -> None:
     data = json.loads(written.read_text())
     assert data["benchmark"] == "check_speed" and data["rounds"] == 1
     assert set(data["medians"]) == {"check", "load_file", "load_file_pread"}
-    assert [goal["met"] for goal in data["goals"]] == [None, None]  # not judged
+    assert [goal["met"] for goal in data["goals"]] == [None] * 4  # not judged
     assert "load_file_pread" in data["goals"][0]["goal"]
     assert "operation_time_vs_load_file" in data["ratios"]  # recorded, not judged
+    startup = data["startup"]
+    assert set(startup["medians"]) == {"check_command", "import_torch", "python_pass"}
+    assert startup["commands"]["check_command"][0] == "check"
+    assert all(run["status"] == 0 for run in startup["samples"]["check_command"])
+    assert "import torch" in data["goals"][2]["goal"]
+    assert "100 MB" in data["goals"][3]["goal"]
+    assert "whole processes" in result.stdout

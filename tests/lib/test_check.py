@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 import weightshare as ws
-from weightshare import _read
-from weightshare._format import GROUPS_KEY
+from weightshare._checkpoint import _mapped, _torch
+from weightshare._checkpoint._format import GROUPS_KEY
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ def test_duplicates_name_every_copy_and_the_bytes_wasted(tmp_path: Path) -> None
 
 
 def test_equal_ends_different_middles_are_not_duplicates(tmp_path: Path) -> None:
-    size = 3 * _read.SAMPLE  # float32: the middle lies outside both samples
+    size = 3 * _mapped.SAMPLE  # float32: the middle lies outside both samples
     a = torch.randn(size)
     b, c = a.clone(), a.clone()
     b[size // 2] += 1
@@ -114,7 +114,7 @@ def test_constant_tensors_are_counted_not_reported(tmp_path: Path) -> None:
 def test_chunked_comparison_of_odd_sizes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_read, "CHUNK", 16)  # many chunks, the last one odd
+    monkeypatch.setattr(_mapped, "CHUNK", 16)  # many chunks, the last one odd
     a = torch.randint(0, 100, (37,), dtype=torch.int8)
     b = a.clone()
     b[-1] += 1
@@ -202,25 +202,22 @@ def test_recorded_group_stored_twice(tmp_path: Path) -> None:
     assert "weightshare.save" in finding.fix
 
 
-def test_unknown_dtype_code_is_sized_by_its_offsets(tmp_path: Path) -> None:
+def test_unknown_dtype_code_is_refused_as_safetensors_refuses_it(
+    tmp_path: Path,
+) -> None:
     entry = {"dtype": "X9", "shape": [3], "data_offsets": [0, 5]}
     path = header(tmp_path / "m.safetensors", {"t": entry}, b"12345")
-    [tensor] = ws.check(path).tensors
-    assert (tensor.dtype, tensor.nbytes) == ("x9", 5)
+    assert "entry 't' has no known dtype ('X9')" in problem(path)
 
 
-def test_sub_byte_and_unknown_dtypes_differ_without_a_maximum(tmp_path: Path) -> None:
+def test_sub_byte_dtypes_differ_without_a_maximum(tmp_path: Path) -> None:
     groups = json.dumps([["a", "b"], ["c", "d"]])
     entries: dict[str, Any] = {"__metadata__": {GROUPS_KEY: groups}}
-    for index, (name, dtype) in enumerate(
-        zip("abcd", ["F4", "F4", "X9", "X9"], strict=True)
-    ):
-        entries[name] = {
-            "dtype": dtype,
-            "shape": [4],
-            "data_offsets": [2 * index, 2 * index + 2],
-        }
-    path = header(tmp_path / "m.safetensors", entries, b"aabbccdd")
+    spans = {"a": ("F4", 0, 2), "b": ("F4", 2, 4), "c": ("F6_E2M3", 4, 7)}
+    spans["d"] = ("F6_E2M3", 7, 10)
+    for name, (dtype, low, high) in spans.items():
+        entries[name] = {"dtype": dtype, "shape": [4], "data_offsets": [low, high]}
+    path = header(tmp_path / "m.safetensors", entries, b"aabbcccddd")
     findings = ws.check(path).findings
     assert [(f.kind, f.max_abs_diff, f.differing) for f in findings] == [
         ("tie-differs", None, None),
@@ -247,11 +244,11 @@ def test_difference_in_other_dtypes(
 def test_nan_differences_are_left_out_of_the_maximum() -> None:
     a = torch.tensor([1.0, 2.0, float("nan")])
     b = torch.tensor([1.0, 2.5, 0.0])
-    assert _read.compare(a, b) == (0.5, 2)
-    assert _read.compare(a[2:], b[2:]) == (None, 1)
+    assert _torch.compare(a, b) == (0.5, 2)
+    assert _torch.compare(a[2:], b[2:]) == (None, 1)
     bits = torch.tensor([1, 2], dtype=torch.uint8).view(torch.bits8)
     other = torch.tensor([1, 3], dtype=torch.uint8).view(torch.bits8)
-    assert _read.compare(bits, other) == (None, 1)  # bits8 has no float cast
+    assert _torch.compare(bits, other) == (None, 1)  # bits8 has no float cast
 
 
 # --- unreadable safetensors -----------------------------------------------------------
@@ -273,7 +270,7 @@ def test_truncated_data(tmp_path: Path) -> None:
         (b"", "only 0 bytes: too short for a safetensors file"),
         (b"\x05\x00", "only 2 bytes"),
         ((500).to_bytes(8, "little") + b"{}", "the header length says 500 bytes"),
-        ((4).to_bytes(8, "little") + b"\xff\xfe{}", "corrupt header: it is not JSON"),
+        ((4).to_bytes(8, "little") + b"\xff\xfe{}", "corrupt header: it is not UTF-8"),
         ((2).to_bytes(8, "little") + b"[]", "corrupt header: it is not a JSON object"),
     ],
 )
@@ -286,11 +283,11 @@ def test_corrupt_files(tmp_path: Path, content: bytes, expected: str) -> None:
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ({"shape": [2]}, "entry 't' has no dtype"),
+        ({"shape": [2]}, "entry 't' has no known dtype"),
         ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "no valid shape"),
         (
             {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]},
-            "no valid data_offsets",
+            "invalid data_offsets for 't' (it ends before it starts)",
         ),
         (
             {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]},
@@ -305,9 +302,14 @@ def test_corrupt_header_entries(
     assert expected in problem(path)
 
 
-def test_corrupt_recorded_groups(tmp_path: Path) -> None:
+def test_corrupt_recorded_groups_are_a_finding_not_an_error(tmp_path: Path) -> None:
+    # safetensors opens the file, so check reads it; weightshare.load refuses it
     path = save(tmp_path / "m.safetensors", {"a": torch.ones(1)}, **{GROUPS_KEY: "{"})
-    assert "corrupt metadata" in problem(path)
+    [finding] = ws.check(path).findings
+    assert finding.kind == "bad-metadata"
+    assert "'weightshare.shared_groups' metadata is not valid" in finding.message
+    with pytest.raises(ws.CheckpointError):
+        ws.load(torch.nn.Linear(1, 1), path)
 
 
 def test_oversized_header_length(tmp_path: Path) -> None:
@@ -344,7 +346,7 @@ def test_os_errors_become_checkpoint_errors(
     def denied(*args: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("weightshare._check.read_safetensors", denied)
+    monkeypatch.setattr("weightshare._checkpoint._check.read_safetensors", denied)
     assert problem(path).endswith(": permission denied")
 
 
@@ -357,7 +359,7 @@ def test_read_errors_while_comparing_become_checkpoint_errors(
     def fail(self: object, name: str) -> bytes:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(_read.MappedFiles, "sample", fail)
+    monkeypatch.setattr(_mapped.MappedFiles, "sample", fail)
     assert problem(path).endswith(": input/output error")
 
 
@@ -461,7 +463,10 @@ def test_unreadable_torch_files(tmp_path: Path, case: str) -> None:
         expected = "the file is empty"
     else:
         torch.save({"a": NotAllowed()}, path)
-        expected = "torch.load(weights_only=True) failed: Weights only load failed"
+        expected = (
+            "torch.load(weights_only=True) refused an object that is not a tensor or "
+            "a plain container (Unsupported global: GLOBAL test_check.NotAllowed"
+        )
     assert expected in problem(path)
 
 
@@ -532,7 +537,8 @@ def test_healthy_tied_gpt2(gpt2: Path, transformers: ModuleType) -> None:
     assert report.files == ("config.json", "model.safetensors")
     assert report.method == (
         f"transformers {transformers.__version__} meta-device model "
-        "(GPT2LMHeadModel built from config.json)"
+        "(GPT2LMHeadModel from config.json's architectures ['GPT2LMHeadModel']); "
+        "file keys renamed by transformers' loading rules"
     )
     assert report.ties == (ws.TieInfo((WTE, HEAD), "architecture", (WTE,)),)
     assert report.findings == () and report.status == 0
@@ -632,7 +638,7 @@ def test_tied_names_of_different_shapes(
 ) -> None:
     folder = variant(gpt2, tmp_path, {HEAD: torch.zeros(51, 8)})
     [finding] = ws.check(folder).findings
-    assert finding.kind == "tie-shape"
+    assert finding.kind == "model-shape"
     assert "size-mismatch error for lm_head.weight" in finding.on_load
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         load(transformers, folder)
@@ -692,13 +698,17 @@ def test_model_class_from_auto_classes(
     folder.mkdir()
     vit.save_pretrained(folder)  # no "architectures": no causal LM, AutoModel
     save(folder / "model.safetensors", {"w": torch.randn(2)})
-    assert "(ViTModel built from config.json)" in ws.check(folder).method
+    assert "(ViTModel chosen by AutoModel: " in ws.check(folder).method
     gpt = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50)
     gpt.save_pretrained(folder)  # a causal LM without "architectures"
-    assert "(GPT2LMHeadModel built from config.json)" in ws.check(folder).method
+    assert (
+        "(GPT2LMHeadModel chosen by AutoModelForCausalLM: " in ws.check(folder).method
+    )
     gpt.architectures = ["MyOwnGPT2"]  # a class transformers does not have
     gpt.save_pretrained(folder)
-    assert "(GPT2LMHeadModel built from config.json)" in ws.check(folder).method
+    assert (
+        "(GPT2LMHeadModel chosen by AutoModelForCausalLM: " in ws.check(folder).method
+    )
 
 
 def test_base_model_names_without_the_prefix(
@@ -828,14 +838,14 @@ def test_format_wraps_without_breaking_names(gpt2: Path, tmp_path: Path) -> None
 def test_byte_comparison_with_and_without_numpy(
     numpy: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from weightshare import _read
+    from weightshare._checkpoint import _mapped
 
     if not numpy:
-        monkeypatch.setattr(_read, "_np", None)
+        monkeypatch.setattr(_mapped, "_np", None)
     data = bytes(range(256)) * 5 + b"xyz"  # 1283 bytes: 1280 in 8-byte words, 3 more
     same = memoryview(bytearray(data))
     for position in (0, 700, 1281):  # a difference in the words, and in the tail
         other = bytearray(data)
         other[position] ^= 1
-        assert not _read._same(memoryview(data), memoryview(other))
-    assert _read._same(memoryview(data), same)
+        assert not _mapped._same(memoryview(data), memoryview(other))
+    assert _mapped._same(memoryview(data), same)

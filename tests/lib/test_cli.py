@@ -1,6 +1,6 @@
 """The command line ``weightshare check``: output, JSON and exit status 0, 1 or 2.
 
-In-process through ``weightshare._cli.main`` and as a real process through
+In-process through ``weightshare._checkpoint._cli.main`` and as a real process through
 ``python -m weightshare``; the console script entry point is read from
 pyproject.toml (installing it would need a reinstall of the package).
 """
@@ -19,7 +19,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from weightshare._cli import main
+from weightshare._checkpoint._cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

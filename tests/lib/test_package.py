@@ -1,4 +1,4 @@
-"""The package is the library alone: plain imports, no Sphinx, a cheap site config."""
+"""The package is the library alone: lazy imports, no Sphinx, a cheap site config."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import weightshare
 
@@ -42,7 +44,34 @@ def test_loading_the_sites_extensions_imports_neither_torch_nor_the_library() ->
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_every_public_name_is_exported_plainly() -> None:
-    for name in weightshare.__all__:
-        assert name in vars(weightshare), name
+def test_every_public_name_resolves_and_the_stub_lists_it() -> None:
     assert sorted(weightshare.__all__) == weightshare.__all__
+    stub = (ROOT / "src" / "weightshare" / "__init__.pyi").read_text()
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(ast.parse(stub))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    for name in weightshare.__all__:
+        value = getattr(weightshare, name)  # imports the defining module on first use
+        assert getattr(value, "__name__", name) == name, name
+        assert name in imported, f"{name} is missing from __init__.pyi"
+        assert name in dir(weightshare), name
+    assert imported - set(weightshare.__all__) == {"distributed", "models"}
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = weightshare.nope  # type: ignore[attr-defined]
+
+
+def test_importing_the_package_or_the_command_line_imports_no_torch() -> None:
+    code = (
+        "import sys, weightshare, weightshare._checkpoint._cli; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["[]"]

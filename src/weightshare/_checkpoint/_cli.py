@@ -2,12 +2,15 @@
 
 Exit status: 0 when every checkpoint is clean, 1 when there are findings, 2 when an
 input cannot be read (then one line on stderr names the file and the problem).
+Importing this module imports neither torch nor transformers: a safetensors file is
+checked without them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> import os, tempfile
     >>> import torch
     >>> from safetensors.torch import save_file
-    >>> from weightshare._cli import main
+    >>> from weightshare._checkpoint._cli import main
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = os.path.join(tmp, "model.safetensors")
     ...     save_file({"emb.weight": torch.ones(2, 2)}, path)
@@ -84,10 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> status
     0
     """
-    from ._check import check
-    from ._errors import CheckpointError
-
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # the reader closed the pipe (``weightshare check ... | head``): stop
+        # quietly, and keep Python from reporting the error again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports a process that SIGPIPE ended (128 + 13)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .._errors import CheckpointError
+    from ._check import check
+
     reports = []
     errors = []
     for number, path in enumerate(args.paths):
@@ -96,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as err:
             errors.append({"path": path, "problem": str(err)})
             print(f"{PROG} check: error: {err}", file=sys.stderr, flush=True)
+            continue
+        except Exception as err:  # a bug here: still one line, never a traceback
+            problem = f"{path}: internal error ({type(err).__name__}: {err})"
+            errors.append({"path": path, "problem": problem})
+            print(f"{PROG} check: error: {problem}", file=sys.stderr, flush=True)
             continue
         reports.append(report)
         if not args.json:
@@ -108,5 +127,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reports": [report.to_dict() for report in reports],
             "errors": errors,
         }
-        print(json.dumps(document, indent=2))
+        print(json.dumps(document, indent=2), flush=True)
     return status

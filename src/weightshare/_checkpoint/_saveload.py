@@ -14,9 +14,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._errors import CheckpointError
-from ._format import GROUPS_KEY, parse_groups
-from ._names import identity_groups, or_list
+from .._errors import CheckpointError
+from .._names import identity_groups, or_list
+from .._unionfind import join
+from ._format import GROUPS_KEY, parse_groups, sniff
+from ._torch import from_torch, same_bytes
 
 __all__ = ["checkpoint_groups", "load", "save"]
 
@@ -274,7 +276,8 @@ def _read(path: str | os.PathLike[str], note: str) -> tuple[Tensors, list[list[s
 def _parse(path: str) -> tuple[Tensors, list[list[str]]]:
     with open(path, "rb") as handle:
         head = handle.read(9)
-    if head[8:9] == b"{":
+    kind = sniff(head)
+    if kind == "safetensors":
         # safe_open checks the header against the file's size: a truncated file
         # fails here, before any value is used.
         with safetensors.safe_open(path, framework="pt", device="cpu") as f:
@@ -282,24 +285,12 @@ def _parse(path: str) -> tuple[Tensors, list[list[str]]]:
             tensors = {key: f.get_tensor(key) for key in names}
             meta = f.metadata() or {}
         return tensors, parse_groups(json.loads(meta.get(GROUPS_KEY, "[]")))
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    if kind == "torch":
         # mmap needs the zip format of torch.save; the legacy pickle format is read.
         mmap = head[:4] == b"PK\x03\x04"
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        return _from_torch(obj)
+        return from_torch(obj)
     raise ValueError("it is neither a safetensors file nor a torch.save file")
-
-
-def _from_torch(obj: object) -> tuple[Tensors, list[list[str]]]:
-    if isinstance(obj, dict) and "state_dict" in obj:
-        state, groups = obj["state_dict"], obj.get("shared_groups", [])
-    else:
-        state, groups = obj, []
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ValueError("it holds no state_dict (a dict of names to tensors)")
-    return state, parse_groups(groups)
 
 
 def _plan(
@@ -328,20 +319,7 @@ def _plan(
 
 def _components(groups: list[list[str]]) -> dict[str, list[str]]:
     """Each name -> the union of all groups it is connected to (ordered)."""
-    parent: dict[str, str] = {}
-
-    def root(name: str) -> str:
-        while parent.setdefault(name, name) != name:
-            name = parent[name]
-        return name
-
-    for group in groups:
-        for name in group[1:]:
-            parent[root(name)] = root(group[0])
-    members: dict[str, list[str]] = {}
-    for name in parent:
-        members.setdefault(root(name), []).append(name)
-    return {name: members[root(name)] for name in parent}
+    return {name: members for members in join(groups) for name in members}
 
 
 def _source(key: str, tensors: Tensors, components: dict[str, list[str]]) -> str | None:
@@ -354,21 +332,20 @@ def _source(key: str, tensors: Tensors, components: dict[str, list[str]]) -> str
 def _check_agreement(
     tensors: Tensors, components: dict[str, list[str]], path: str
 ) -> None:
-    """Tied keys present more than once in the file must hold identical values."""
+    """Tied keys present more than once in the file must hold identical bytes.
+
+    The rule for "stored once" that :func:`weightshare.check` applies too.
+    """
     for name, members in components.items():
         present = [n for n in members if n in tensors]
         if name != members[0] or len(present) < 2:
             continue
         first = tensors[present[0]]
         for other in present[1:]:
-            if not _equal(first, tensors[other]):
+            if not same_bytes(first, tensors[other]):
                 raise CheckpointError(
                     _disagree(path, present[0], other, first, tensors[other])
                 )
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
 
 def _disagree(path: str, a: str, b: str, ta: torch.Tensor, tb: torch.Tensor) -> str:
@@ -377,6 +354,8 @@ def _disagree(path: str, a: str, b: str, ta: torch.Tensor, tb: torch.Tensor) -> 
     else:
         diff = (ta.to(torch.float64) - tb.to(torch.float64)).abs().max().item()
         what = f"max abs difference {diff:.3g}"
+        if diff == 0:  # -0.0 against +0.0: equal values, different bytes
+            what = "equal values but different bytes, such as -0.0 and +0.0"
     return (
         f"checkpoint {path!r}: keys {a!r} and {b!r} are tied (in the model or in the "
         f"file's recorded groups) but hold different values ({what}); refusing to "

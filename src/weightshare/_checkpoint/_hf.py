@@ -8,18 +8,14 @@ architecture that transformers knows works. Without it, only the config flag
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from ._read import Entry, Unreadable, one_line
+from ._contents import Entry
+from ._format import Unreadable, one_line
 
 __all__ = ["Declared", "declared_ties", "read_config", "weight_files"]
 
@@ -53,6 +49,10 @@ class Declared:
     sources: dict[int, str] = field(default_factory=dict)  # group index -> source
     untied_missing: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the model's
+    dtypes: dict[str, str] = field(default_factory=dict)  # the model's, by file name
+    missing: list[str] = field(default_factory=list)  # model keys loading leaves unset
+    flag_in_file: bool | None = None  # config.json's own value, before the model's
+    custom: str = ""  # the custom code config.json declares (never run)
 
 
 def read_config(folder: Path) -> dict[str, Any] | None:
@@ -104,16 +104,55 @@ def declared_ties(
     """The ties of the folder's architecture, with the method that found them."""
     if config is None:
         return Declared("no config.json: no architecture ties to check", None)
+    custom = custom_code(config)
+    declared = _declared(folder, config, entries, use_transformers, custom)
+    declared.flag_in_file = _flag(config)
+    declared.custom = custom
+    return declared
+
+
+def _declared(
+    folder: Path,
+    config: dict[str, Any],
+    entries: dict[str, Entry],
+    use_transformers: bool,
+    custom: str,
+) -> Declared:
     if not use_transformers:
         reason = "transformers not used"
     elif importlib.util.find_spec("transformers") is None:
         reason = "transformers is not installed"
     else:
+        from ._transformers import from_transformers
+
         try:
-            return _from_transformers(folder, entries)
+            declared = from_transformers(folder, entries)
         except Exception as err:  # any architecture or config transformers rejects
             reason = f"transformers could not build the model: {one_line(err)}"
+        else:
+            if custom:
+                declared.method += f"; {custom}"
+            return declared
+    if custom:
+        reason += f"; {custom}"
     return _from_flag(config, entries, reason)
+
+
+def custom_code(config: dict[str, Any]) -> str:
+    """What custom code ``config.json`` declares (``auto_map``), or ``""``.
+
+    The code is never imported or run: ``weightshare check`` builds the model
+    with ``trust_remote_code=False``, from the library's own class for the
+    config's ``model_type`` when transformers has one.
+    """
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict) or not auto_map:
+        return ""
+    declared = ", ".join(f"{key}: {value}" for key, value in sorted(auto_map.items()))
+    return (
+        f"config.json declares custom code (auto_map {{{declared}}}), which was not "
+        "run (trust_remote_code=False)"
+    )
 
 
 def _flag(config: dict[str, Any]) -> bool | None:
@@ -171,78 +210,3 @@ def _embedding(entries: dict[str, Entry]) -> str | None:
         if name.endswith(suffix)
     ]
     return min(found)[-1] if found else None
-
-
-@contextlib.contextmanager
-def _quiet(transformers: ModuleType) -> Iterator[None]:
-    """Silence transformers' logging and warnings while the model is built."""
-    logging = transformers.utils.logging
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.set_verbosity(level)
-
-
-def _from_transformers(folder: Path, entries: dict[str, Entry]) -> Declared:
-    import torch
-    import transformers
-
-    from ._groups import shared_groups
-
-    with _quiet(transformers):
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        with torch.device("meta"):
-            model = _build(transformers, config)
-    prefix = getattr(model, "base_model_prefix", "")
-
-    def in_file(name: str) -> str:
-        short = name.removeprefix(f"{prefix}.") if prefix else name
-        return short if name not in entries and short in entries else name
-
-    groups = [[in_file(name) for name in group] for group in shared_groups(model)]
-    mapping = getattr(model, "all_tied_weights_keys", None) or {}
-    sources = {
-        index: in_file(mapping[target])
-        for index, group in enumerate(shared_groups(model))
-        for target in group
-        if target in mapping and mapping[target] in group
-    }
-    flag = getattr(config, "tie_word_embeddings", None)
-    state = model.state_dict()
-    missing = [
-        in_file(target)
-        for target in _tieable(type(model))
-        if flag is False and target in state and in_file(target) not in entries
-    ]
-    return Declared(
-        f"transformers {transformers.__version__} meta-device model "
-        f"({type(model).__name__} built from config.json)",
-        flag if isinstance(flag, bool) else None,
-        "architecture",
-        groups=groups,
-        sources=sources,
-        untied_missing=missing,
-        shapes={in_file(name): tuple(value.shape) for name, value in state.items()},
-    )
-
-
-def _build(transformers: ModuleType, config: Any) -> Any:
-    """The architecture's model class, built from ``config`` (on the meta device)."""
-    for architecture in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, architecture, None)
-        if isinstance(cls, type):
-            return cls(config)
-    try:
-        return transformers.AutoModelForCausalLM.from_config(config)
-    except ValueError:
-        return transformers.AutoModel.from_config(config)
-
-
-def _tieable(cls: type) -> list[str]:
-    """Names the class ties when its config flag is on (plain names, no patterns)."""
-    keys = getattr(cls, "_tied_weights_keys", None) or {}
-    return [name for name in keys if re.fullmatch(r"[\w.]+", name)]
