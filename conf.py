@@ -89,9 +89,9 @@ nitpick_ignore_regex = [
 
 # -- Running a downloaded example -----------------------------------------------------
 # Each gallery page tells its reader how to run its script at home: a fresh virtual
-# environment with these pinned packages and this library's wheel, which every build
-# makes from src/ and offers for download (docs/_ext/gallery_downloads.py).
-# The notebooks' first cell installs the same.
+# environment with the pinned packages the page imports and this library's wheel,
+# which every build makes from src/ and offers for download
+# (docs/_ext/gallery_downloads.py). The notebooks' first cell installs the same.
 def _pins(*names: str) -> list[str]:
     """``name==version`` lines of requirements.txt, for the given package names."""
     pins = {}
@@ -104,15 +104,35 @@ def _pins(*names: str) -> list[str]:
 
 weightshare_run_requirements = _pins(
     "torch",
+    "safetensors",
+    "numpy",
     "matplotlib",
     "scikit-learn",
     "torchviz",
     "graphviz",
     "transformers",
-    "safetensors",
     "peft",
     "accelerate",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "gguf",
 )
+# What each name a page imports needs installed (a page's box lists only those).
+# weightshare's own dependencies, torch and safetensors, come with every page.
+weightshare_import_requirements = {
+    "weightshare": ["torch", "safetensors"],
+    "torch": ["torch"],
+    "safetensors": ["safetensors"],
+    "numpy": ["numpy"],
+    "matplotlib": ["matplotlib"],
+    "sklearn": ["scikit-learn"],
+    "graphviz": ["graphviz"],
+    "torchviz": ["torchviz", "graphviz"],
+    "transformers": ["transformers"],
+    "peft": ["peft", "transformers", "accelerate"],
+    "accelerate": ["accelerate"],
+}
 weightshare_wheel_project = ROOT
 WHEEL = f"weightshare-{release}-py3-none-any.whl"
 
@@ -131,6 +151,7 @@ sphinx_gallery_conf = {
             "fix_save_load",
             "fix_adapt",
             "fix_distribute",
+            "fix_export",
         )
     ],
     "within_subsection_order": "FileNameSortKey",

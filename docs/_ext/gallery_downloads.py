@@ -3,25 +3,35 @@
 As an extension (``"gallery_downloads"`` in ``extensions``), at the start of every
 build it makes the wheel of the project named by ``weightshare_wheel_project`` (kept
 while up to date) and offers it on each gallery page, in a box with the commands that
-create a fresh virtual environment, install ``weightshare_run_requirements`` and that
-wheel, and run the page's script (:func:`add_run_instructions`). It also rewrites the
-Sphinx roles in the gallery's notebooks as Markdown (:func:`clean_notebooks`), since
-sphinx-gallery copies the prose into them as it is.
+create a fresh virtual environment, install what the page needs and that wheel, and
+run the page's script (:func:`add_run_instructions`). It also rewrites the Sphinx
+roles in the gallery's notebooks as Markdown (:func:`clean_notebooks`), since
+sphinx-gallery copies the prose into them as it is, and gives each notebook a first
+cell that installs the same as its page's box.
+
+What a page needs is read from its own imports (:func:`page_requirements`):
+``weightshare_import_requirements`` maps each importable name a page may use to the
+distributions it needs, each installed at its pin in ``weightshare_run_requirements``.
+So a page that imports only ``torch`` and ``graphviz`` installs only those, and a page
+importing a module that the map lacks fails the build with a message naming both.
+Without the map, every page installs every pin.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sphinx.errors import ConfigError
 
-__version__ = "1.0"
+__version__ = "1.1"
 
 _PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+")
 
@@ -91,6 +101,73 @@ def _offer_wheel(app: Any) -> None:
         app.env.weightshare_wheel = build_wheel(project, dest).name
 
 
+def page_imports(source: str) -> set[str]:
+    """The top-level names of the modules that the Python ``source`` imports.
+
+    Relative imports are left out, and so are modules of the standard library.
+
+    >>> from gallery_downloads import page_imports
+    >>> sorted(page_imports("import os, torch.nn\\nfrom sklearn.svm import SVC"))
+    ['sklearn', 'torch']
+    """
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.partition(".")[0])
+    return names - set(sys.stdlib_module_names)
+
+
+def page_requirements(
+    source: str, pins: Sequence[str], needs: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """The pins of ``pins`` that a page with this ``source`` needs, in their order.
+
+    ``needs`` maps an importable name to the distributions it needs (``"sklearn":
+    ["scikit-learn"]``); an empty map means every pin.
+
+    Raises
+    ------
+    ValueError
+        If the page imports a name that ``needs`` lacks, or ``needs`` names a
+        distribution that ``pins`` does not pin.
+
+    >>> from gallery_downloads import page_requirements
+    >>> pins = ["torch==2.13.0", "scikit-learn==1.8.0", "numpy==2.4.6"]
+    >>> needs = {"torch": ["torch"], "sklearn": ["scikit-learn", "numpy"]}
+    >>> page_requirements("import torch", pins, needs)
+    ['torch==2.13.0']
+    >>> page_requirements("import sklearn, torch", pins, needs)
+    ['torch==2.13.0', 'scikit-learn==1.8.0', 'numpy==2.4.6']
+    """
+    if not needs:
+        return list(pins)
+    by_name = {pin.partition("==")[0].lower(): pin for pin in pins}
+    wanted: set[str] = set()
+    for module in sorted(page_imports(source)):
+        if module not in needs:
+            raise ValueError(
+                f"the page imports {module!r}, which weightshare_import_requirements "
+                f"does not map to distributions (it maps {sorted(needs)}): add "
+                f"{module!r} to it, with the distributions it needs."
+            )
+        for dist in needs[module]:
+            if dist.lower() not in by_name:
+                raise ValueError(
+                    f"weightshare_import_requirements[{module!r}] names {dist!r}, "
+                    "which weightshare_run_requirements does not pin."
+                )
+            wanted.add(dist.lower())
+    return [pin for name, pin in by_name.items() if name in wanted]
+
+
+def _page_source(srcdir: str | Path, docname: str) -> str | None:
+    """The example script beside a generated gallery page, if there is one."""
+    script = Path(srcdir) / f"{docname}.py"
+    return script.read_text(encoding="utf-8") if script.is_file() else None
+
+
 def run_commands(requirements: list[str], wheel: str, script: str) -> str:
     """The shell lines that set up a fresh environment and run a downloaded script."""
     install = " ".join([*requirements, wheel] if wheel else requirements)
@@ -125,6 +202,21 @@ def add_run_instructions(app: Any, doctree: Any) -> None:
         return
     wheel = getattr(app.env, "weightshare_wheel", "")
     script = Path(app.env.docname).name + ".py"
+    requirements = list(app.config.weightshare_run_requirements)
+    source = _page_source(app.srcdir, app.env.docname)
+    if source is not None:
+        try:
+            requirements = page_requirements(
+                source,
+                requirements,
+                getattr(app.config, "weightshare_import_requirements", {}),
+            )
+        except ValueError as err:
+            from sphinx.util import logging
+
+            logging.getLogger(__name__).warning(
+                f"{script}: {err}", location=app.env.docname
+            )
     box = nodes.admonition(classes=["ws-run-it", "tip"])
     box += nodes.title(text="Run this example on your own machine")
     intro = nodes.paragraph()
@@ -137,15 +229,15 @@ def add_run_instructions(app: Any, doctree: Any) -> None:
     else:
         intro += nodes.Text("Download the Python script below, and in its folder run:")
     box += intro
-    commands = run_commands(app.config.weightshare_run_requirements, wheel, script)
+    commands = run_commands(requirements, wheel, script)
     box += nodes.literal_block(
         commands, commands, language="bash", classes=["ws-run-commands"]
     )
     box += nodes.paragraph(
-        text="A notebook installs the same packages in its first cell: open it in "
-        "Jupyter from that folder and run all cells. Drawing autograd graphs also "
-        "needs Graphviz's dot program (the system package graphviz). The versions "
-        "are the ones this page was built and tested with."
+        text="These are the packages this page imports, at the versions it was "
+        "built and tested with. A notebook installs the same in its first cell: "
+        "open it in Jupyter from that folder and run all cells. Drawing graphs "
+        "also needs Graphviz's dot program (the system package graphviz)."
     )
     footer.parent.insert(footer.parent.index(footer), box)
     # sphinx-gallery's note at the top says "Go to the end to download the full
@@ -209,6 +301,23 @@ def notebook_markdown(text: str) -> str:
     return _ROLE.sub(_role_as_markdown, text)
 
 
+def notebook_first_cell(first_cell: str, requirements: Sequence[str]) -> str:
+    """``first_cell`` with the packages of its ``%pip install`` line replaced by
+    ``requirements`` (files named there, such as the wheel, are kept).
+
+    >>> from gallery_downloads import notebook_first_cell
+    >>> notebook_first_cell("# set-up\\n%pip install a==1 b==2 w.whl", ["b==2"])
+    '# set-up\\n%pip install b==2 w.whl'
+    """
+    lines = first_cell.split("\n")
+    for n, line in enumerate(lines):
+        if line.startswith("%pip install "):
+            words = line.removeprefix("%pip install ").split()
+            files = [word for word in words if not _PIN.fullmatch(word)]
+            lines[n] = "%pip install " + " ".join([*requirements, *files])
+    return "\n".join(lines)
+
+
 def _cleaned(raw: str, first_cell: str | None) -> str | None:
     """The notebook ``raw`` with Markdown roles and the configured first cell, or
     ``None`` when it already has both."""
@@ -243,11 +352,23 @@ def clean_notebooks(app: Any) -> None:
     import zipfile
 
     conf = getattr(app.config, "sphinx_gallery_conf", {}) or {}
-    first_cell = conf.get("first_notebook_cell")
+    configured = conf.get("first_notebook_cell")
+    pins = list(getattr(app.config, "weightshare_run_requirements", []))
+    needs = getattr(app.config, "weightshare_import_requirements", {})
     dirs = conf.get("gallery_dirs", [])
+    first_cells: dict[str, str | None] = {}
     for gallery in [dirs] if isinstance(dirs, str) else dirs:
         root = Path(app.srcdir) / gallery
         for notebook in root.rglob("*.ipynb"):
+            first_cell = configured
+            script = notebook.with_suffix(".py")
+            if configured and script.is_file():
+                try:
+                    wanted = page_requirements(script.read_text("utf-8"), pins, needs)
+                except ValueError:  # add_run_instructions reports it, with the page
+                    wanted = pins
+                first_cell = notebook_first_cell(configured, wanted)
+            first_cells[notebook.name] = first_cell
             text = _cleaned(notebook.read_text(encoding="utf-8"), first_cell)
             if text is not None:
                 notebook.write_text(text, encoding="utf-8")
@@ -257,7 +378,13 @@ def clean_notebooks(app: Any) -> None:
             changed = [
                 (info, text.encode())
                 if info.filename.endswith(".ipynb")
-                and (text := _cleaned(data.decode(), first_cell)) is not None
+                and (
+                    text := _cleaned(
+                        data.decode(),
+                        first_cells.get(Path(info.filename).name, configured),
+                    )
+                )
+                is not None
                 else (info, data)
                 for info, data in members
             ]
@@ -289,6 +416,24 @@ def check_config(app: Any, config: Any) -> None:
                 "'name==version'; the run box must name the versions the page was "
                 "built with."
             )
+    needs = getattr(config, "weightshare_import_requirements", {})
+    if not isinstance(needs, dict) or not all(
+        isinstance(dists, (list, tuple)) and all(isinstance(d, str) for d in dists)
+        for dists in needs.values()
+    ):
+        raise ConfigError(
+            "weightshare_import_requirements must map an importable name to a list "
+            f"of distribution names, got {needs!r}."
+        )
+    pinned = {entry.partition("==")[0].lower() for entry in requirements}
+    unpinned = sorted(
+        {d for dists in needs.values() for d in dists if d.lower() not in pinned}
+    )
+    if unpinned:
+        raise ConfigError(
+            f"weightshare_import_requirements names {unpinned}, which "
+            "weightshare_run_requirements does not pin: add their pins there."
+        )
     project = config.weightshare_wheel_project
     if project and not (Path(project) / "pyproject.toml").is_file():
         raise ConfigError(
@@ -301,6 +446,7 @@ def check_config(app: Any, config: Any) -> None:
 def setup(app: Any) -> dict[str, Any]:
     """Sphinx entry point: the wheel, the run box and the notebooks' Markdown."""
     app.add_config_value("weightshare_run_requirements", [], "env", list)
+    app.add_config_value("weightshare_import_requirements", {}, "env", dict)
     app.add_config_value("weightshare_wheel_project", "", "env", str)
     app.connect("config-inited", check_config)
     app.connect("builder-inited", _offer_wheel)

@@ -17,11 +17,10 @@ with ``tie_word_embeddings=False``, before a LoRA on the head.
 # A tiny tied Llama, trained, merged, saved and reloaded
 # ------------------------------------------------------
 # No download: the model is built from a small config with
-# ``tie_word_embeddings=True``. ``finetune`` wraps it with peft, trains the adapter
-# for 8 AdamW steps on one sequence, and returns the trained logits.
-# ``merge_and_reload`` merges the adapter with ``merge_and_unload()``, saves the
-# merged model and loads it back, as a deployment would. The warnings peft gives on
-# the way are caught and printed.
+# ``tie_word_embeddings=True``. ``finetune`` wraps it with peft and trains the
+# adapter for 8 AdamW steps on one sequence; ``merge_and_reload`` merges with
+# ``merge_and_unload()``, saves and loads back, as a deployment would. Both print
+# the first sentence of each warning peft gives about ties.
 import os
 import tempfile
 import warnings
@@ -137,7 +136,6 @@ agree = (reloaded.argmax(-1) == trained.argmax(-1)).float().mean().item()
 tied_lora, trained_tied = finetune(
     tiny_llama(), target_modules=["embed_tokens"], ensure_weight_tying=True
 )
-aliases = weightshare.storage_aliases(tied_lora)
 delta = tied_lora.get_input_embeddings().get_delta_weight("default").detach()
 merged, reloaded_tied = merge_and_reload(tied_lora)
 doubled = merged.model.embed_tokens.weight.detach() - original
@@ -148,30 +146,18 @@ doubled = merged.model.embed_tokens.weight.detach() - original
 # >>> change(reloaded_tied, trained_tied) > 1
 # True
 #
-# The factors are shared as memory, not as objects: two
-# :class:`~torch.nn.Parameter` objects per factor over one storage, which
-# :func:`weightshare.storage_aliases` lists (each has its own ``.grad``, and the
-# optimizer writes both into that memory):
-#
-# >>> [name.split(".")[-2:] for name, _ in aliases]
-# [['lora_embedding_A', 'default'], ['lora_embedding_B', 'default']]
-#
 # So on these versions, merging a LoRA on tied layers changes the model, with or
 # without the flag; to merge, untie first (the last fix below).
 
 # %%
 # ``modules_to_save`` copies: two matrices, and the reload overwrite is history
 # ------------------------------------------------------------------------------
-# ``modules_to_save=["embed_tokens", "lm_head"]`` trains full copies of both layers,
-# and each layer gets *its own* copy
-# (`peft#1750 <https://github.com/huggingface/peft/issues/1750>`_): the tie is gone
-# during training and the two drift apart. Users then found the trained head
-# overwritten by the embedding after merging, saving and reloading, because the
-# saved config still said ``tie_word_embeddings=True``
-# (`peft#2777 <https://github.com/huggingface/peft/issues/2777>`_,
-# `transformers#45127 <https://github.com/huggingface/transformers/issues/45127>`_).
-# On peft 0.21.2 the merge notices that the two differ and clears the flag, so that
-# no longer happens:
+# ``modules_to_save=["embed_tokens", "lm_head"]`` gives each layer *its own*
+# trainable copy (`peft#1750 <https://github.com/huggingface/peft/issues/1750>`_):
+# the two drift apart in training. Users then found the trained head overwritten by
+# the embedding after merging, saving and reloading, because the config still said
+# tied (`peft#2777 <https://github.com/huggingface/peft/issues/2777>`_). On peft
+# 0.21.2 the merge notices that the two differ and clears the flag:
 copies, trained_copies = finetune(
     tiny_llama(), modules_to_save=["embed_tokens", "lm_head"], target_modules=["q_proj"]
 )
@@ -211,11 +197,12 @@ merged, reloaded_fix1 = merge_and_reload(tied_copy)
 # %%
 # Fix 2: untie explicitly, then adapt the head
 # --------------------------------------------
-# To adapt the head alone, make it a separate matrix first and say so in the
-# config: :func:`weightshare.untie` gives ``lm_head.weight`` its own copy and
-# ``tie_word_embeddings=False`` keeps transformers from tying it back. The LoRA
-# update then lands in the head only, and the merged, reloaded model is the trained
-# one. The price is a second vocabulary matrix, here 64 × 16 = 1024 elements.
+# To adapt the head alone, make it a separate matrix first:
+# :func:`weightshare.untie` gives ``lm_head.weight`` its own copy, and
+# ``tie_word_embeddings=False`` makes the config say so (peft 0.21.2 would clear the
+# flag at merge time, after warning that a tied layer is adapted). The LoRA update
+# then lands in the head only, and the merged, reloaded model is the trained one.
+# The price is a second vocabulary matrix, here 64 × 16 = 1024 elements.
 untied = tiny_llama()
 weightshare.untie(untied, "lm_head.weight")
 untied.config.tie_word_embeddings = False
@@ -265,5 +252,6 @@ fig.tight_layout()
 # the reloaded model's logits with the adapter's, as this page does. Which peft
 # releases behave as shown here: the :ref:`version table <version-table>`.
 #
-# Next: :func:`weightshare.untie` and :func:`weightshare.shared_groups` in the
-# :doc:`API reference </api>`, and the other :ref:`pitfalls <gallery>`.
+# Next: :doc:`/auto_examples/fix_distribute/plot_ddp_tied` (a tied model trained
+# in several processes), and :func:`weightshare.untie` in the
+# :doc:`API reference </api>`.

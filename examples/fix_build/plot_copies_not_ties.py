@@ -2,11 +2,11 @@
 Copies that look like ties
 ==========================
 
-The encoder and decoder of a "tied" autoencoder drift apart, the parameter count is
-larger than the paper's, or ``data_ptr()`` says the two weights are different
-tensors. A tie is one :class:`~torch.nn.Parameter` object under two names; anything
-that makes a second object is not one, even when the values start equal or the
-memory is shared. This page builds a tied autoencoder (decoder weight = encoder
+*"My tied encoder and decoder weights drift apart"*, *"the parameter count is larger
+than the paper's"*, or ``data_ptr()`` says the two weights are different tensors. A
+tie is one :class:`~torch.nn.Parameter` object under two names; anything that makes
+a second object is not one, even when the values start equal or the memory is
+shared. This page builds a tied autoencoder (decoder weight = encoder
 weightᵀ) four wrong ways, ``nn.Parameter(w.t())``, assignment through ``.data``,
 ``clone()`` and a deep copy of one submodule, shows each one come apart after one
 optimizer step, then the two right ways: ``F.linear(x, w.t())`` and
@@ -164,9 +164,9 @@ class TiedAutoencoder(nn.Module):
         return F.linear(self.enc(x), self.enc.weight.t())
 
 
-functional = TiedAutoencoder()
 parametrized = autoencoder()
 weightshare.tie(parametrized, "dec.weight", "enc.weight", transpose=True)
+functional = TiedAutoencoder()
 
 # %%
 # One Parameter in the functional model; in the parametrized one the decoder's
@@ -215,6 +215,6 @@ weightshare.tie(parametrized, "dec.weight", "enc.weight", transpose=True)
 # :func:`weightshare.storage_aliases` (second objects over one memory); for Wᵀ use
 # ``F.linear(x, w.t())`` or ``weightshare.tie(..., transpose=True)``.
 #
-# Next: :doc:`/auto_examples/fix_save_load/plot_save_load_tied` (keeping the tie
-# through a checkpoint), the :doc:`symptom index </symptoms>`, and
-# :func:`weightshare.tie` in the :doc:`API reference </api>`.
+# Next: :doc:`plot_meta_device_init` (a real tie lost when a model built on the meta
+# device is materialised), then the training loop's traps, and the
+# :doc:`symptom index </symptoms>` for every Fix page.

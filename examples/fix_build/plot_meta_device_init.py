@@ -2,15 +2,16 @@
 Building big models on the meta device
 ======================================
 
-Nothing fails. A tied model built on the meta device, materialised with
-``to_empty()`` and filled with ``load_state_dict`` runs and trains, but from the first
-optimizer step its embedding and output head are two tensors that drift apart. The
-embedding gets only its input-side gradient, and the optimizer steps two tensors
-where there was one. ``load_state_dict(..., assign=True)`` breaks the tie the same
-way, and accelerate's ``init_empty_weights()`` unties such a model before it is even
-materialised. This page measures the damage after one step, lets
-:class:`weightshare.TieGuard` name the broken group, and repairs the tie with
-:func:`weightshare.retie`, or with a Hugging Face model's own ``tie_weights()``.
+*"The embedding and lm_head differ after the first step"*, or *"to_empty() broke
+my tied weights"*. A tied model built on the meta device, materialised with
+``to_empty()`` and filled with ``load_state_dict`` says
+``<All keys matched successfully>`` and trains, but its embedding and output head are
+two tensors: one Adam step at learning rate 0.01 puts them 0.02 apart.
+``to_empty()``, ``load_state_dict(..., assign=True)`` and accelerate's
+``init_empty_weights()`` all work name by name, so none of them keeps two names on
+one tensor. The fix is to tie again *after* materialising, with
+:func:`weightshare.retie` and the groups a :class:`weightshare.TieGuard` recorded, or
+with a Hugging Face model's own ``tie_weights()``.
 """
 
 # %%
@@ -61,14 +62,20 @@ print(model.load_state_dict(checkpoint))
 # []
 # >>> len(list(model.parameters())) - len(list(source.parameters()))
 # 1
+#
+# The guard recorded the tie while it held; :meth:`~weightshare.TieGuard.check` says
+# which group broke, the likely cause and the fix:
+try:
+    guard.check()
+except weightshare.BrokenTieError as err:
+    print(f"BrokenTieError: {err}")
 
 # %%
 # One step later
 # --------------
 # One Adam step on the same batch, for the broken model and for a correctly tied
 # copy of the source. In the tied model the shared weight's gradient is the sum of
-# its two uses; in the broken one each tensor gets only its own use, and Adam moves
-# each by its own half.
+# its two uses; in the broken one each tensor gets the gradient of its own use only.
 tokens = torch.randint(config.vocab_size, (4, config.context + 1))
 
 
@@ -81,6 +88,7 @@ def train_step(net: GPT) -> None:
 
 
 reference = copy.deepcopy(source)  # a deep copy of the whole model keeps the tie
+head_before = model.lm_head.weight.detach().clone()
 train_step(reference)
 train_step(model)
 drift = (model.wte.weight - model.lm_head.weight).abs().max().item()
@@ -93,9 +101,15 @@ drift = (model.wte.weight - model.lm_head.weight).abs().max().item()
 # >>> torch.allclose(model.wte.weight.grad + model.lm_head.weight.grad, tied_grad)
 # True
 #
-# Adam's first step moves every element by about the learning rate, in the direction
-# of its gradient's sign. Where the two halves disagree in sign, the copies move in
-# opposite directions: after one step they are twice the learning rate apart.
+# Adam's first step moves every element by about the learning rate, *against* the
+# sign of its gradient:
+#
+# >>> step = model.lm_head.weight - head_before
+# >>> torch.equal(step.sign(), -model.lm_head.weight.grad.sign())
+# True
+#
+# Where the two halves disagree in sign, the copies move in opposite directions:
+# after one step they are twice the learning rate apart.
 #
 # >>> round(drift, 4)
 # 0.02
@@ -103,12 +117,11 @@ drift = (model.wte.weight - model.lm_head.weight).abs().max().item()
 # %%
 # ``assign=True``: two parameters over one memory
 # -----------------------------------------------
-# ``load_state_dict(state, assign=True)`` skips the copy and makes each name a new
+# ``load_state_dict(state, assign=True)`` makes each name a new
 # :class:`~torch.nn.Parameter` around the state dict's tensor. A state dict read with
-# :func:`torch.load` (or taken from a live model) holds the two tied names as views of
-# one memory, so the result is two parameters that alias: they cannot drift, but the
-# optimizer holds two entries and Adam steps the memory twice, with two separate
-# states (`pytorch#188346 <https://github.com/pytorch/pytorch/issues/188346>`_).
+# :func:`torch.load` holds the two tied names as views of one memory, so the result
+# is two parameters that alias: they cannot drift, but Adam steps the memory twice,
+# with two states (`pytorch#188346 <https://github.com/pytorch/pytorch/issues/188346>`_).
 import io
 
 buffer = io.BytesIO()
@@ -131,11 +144,10 @@ moved_tied = (reference.wte.weight - source.wte.weight).abs().max().item()
 # >>> round(moved_tied, 4), round(moved, 4)
 # (0.01, 0.02)
 #
-# The call also leaves a mark on the state dict it was given: PyTorch stores the
-# ``assign`` flag in the dict's metadata, so a later *plain* ``load_state_dict`` from
-# the same dict assigns too, and unties a model that never asked for it
-# (`pytorch#188166 <https://github.com/pytorch/pytorch/issues/188166>`_; still so
-# in the pinned torch 2.13):
+# The call also stores the ``assign`` flag in the state dict's metadata, so a later
+# *plain* ``load_state_dict`` from the same dict assigns too, and unties a model that
+# never asked for it (`pytorch#188166
+# <https://github.com/pytorch/pytorch/issues/188166>`_; so in torch 2.13):
 #
 # >>> from_disk._metadata[""]["assign_to_params_buffers"]
 # True
@@ -143,16 +155,6 @@ moved_tied = (reference.wte.weight - source.wte.weight).abs().max().item()
 # >>> _ = victim.load_state_dict(from_disk)  # no assign=True here
 # >>> weightshare.shared_groups(victim)
 # []
-
-# %%
-# The guard names the broken group
-# --------------------------------
-# The guard recorded the tie on the meta device; :meth:`~weightshare.TieGuard.check`
-# now says which group broke, the likely cause and the fix.
-try:
-    guard.check()
-except weightshare.BrokenTieError as err:
-    print(f"BrokenTieError: {err}")
 
 # %%
 # The fix: tie again after materialising
@@ -200,49 +202,24 @@ plt.show()
 # ``wte.weight`` and drops what ``lm_head.weight`` learnt.
 
 # %%
-# Hugging Face: ``tie_weights()``
-# -------------------------------
-# Transformers models tie in ``__init__`` even on the meta device (since
-# `transformers#43523 <https://github.com/huggingface/transformers/pull/43523>`_), and
-# ``to_empty()`` unties them like any other model. Their ``tie_weights()`` ties again
-# according to ``config.tie_word_embeddings``.
+# Hugging Face models and accelerate's ``init_empty_weights``
+# -----------------------------------------------------------
+# accelerate builds on the meta device another way: inside ``init_empty_weights()``
+# every parameter a module registers is replaced by a new meta
+# :class:`~torch.nn.Parameter`. A tie made by assignment, as
+# :class:`weightshare.models.GPT` makes it in ``__init__`` and a Hugging Face model
+# in ``post_init``, is such a registration, so the model leaves the context manager
+# already untied, with nothing left for a guard to record.
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from accelerate import init_empty_weights
 from transformers import GPT2Config, GPT2LMHeadModel
 
 sizes = dict(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
-hf_config = GPT2Config(**sizes, bos_token_id=0, eos_token_id=0)
-with torch.device("meta"):
-    gpt2 = GPT2LMHeadModel(hf_config)
-hf_guard = weightshare.TieGuard(gpt2)
-gpt2.to_empty(device="cpu")
-broken_groups = hf_guard.broken()
-gpt2.tie_weights()
-
-# %%
-# >>> hf_guard.groups
-# [['transformer.wte.weight', 'lm_head.weight']]
-# >>> broken_groups == hf_guard.groups
-# True
-# >>> hf_guard.broken()
-# []
-
-# %%
-# accelerate's ``init_empty_weights`` unties at once
-# --------------------------------------------------
-# accelerate builds on the meta device another way: inside ``init_empty_weights()``
-# every parameter a module registers is replaced by a new meta
-# :class:`~torch.nn.Parameter`. A tie made by assignment in ``__init__``, as
-# :class:`weightshare.models.GPT` makes it, is such a registration, so the model
-# leaves the context manager already untied, with nothing to record for a guard.
-# A Hugging Face model does too: the tying that its ``post_init`` does is an
-# assignment as well.
-from accelerate import init_empty_weights
-
 with init_empty_weights():
     empty = GPT(config)
-    empty_gpt2 = GPT2LMHeadModel(hf_config)
+    empty_gpt2 = GPT2LMHeadModel(GPT2Config(**sizes, bos_token_id=0, eos_token_id=0))
 
 # %%
 # >>> empty.wte.weight.device.type, empty.lm_head.weight is empty.wte.weight
@@ -250,36 +227,38 @@ with init_empty_weights():
 # >>> weightshare.shared_groups(empty), weightshare.shared_groups(empty_gpt2)
 # ([], [])
 #
-# Outside the context manager, the Hugging Face model's ``tie_weights()`` ties it
-# again, and for any model the groups recorded on a build that kept the tie, here
-# ``guard.groups`` from the start of the page, do it with :func:`weightshare.retie`,
-# before ``to_empty()`` or after:
+# A Hugging Face model ties itself again with ``tie_weights()`` (as its config's
+# ``tie_word_embeddings`` says), any model with :func:`weightshare.retie` and groups
+# recorded on a build that kept the tie, here ``guard.groups``. Both belong *after*
+# ``to_empty()``: a tie made on the meta device is a tie made before ``to_empty()``,
+# and the first section showed what ``to_empty()`` does to those.
 #
+# >>> weightshare.retie(empty, guard.groups)  # on the meta device: too early
+# >>> _ = empty.to_empty(device="cpu")
+# >>> weightshare.shared_groups(empty)
+# []
+# >>> weightshare.retie(empty, guard.groups)  # after to_empty(): it holds
+# >>> _ = empty_gpt2.to_empty(device="cpu")
 # >>> empty_gpt2.tie_weights()
-# >>> weightshare.retie(empty, guard.groups)
 # >>> weightshare.shared_groups(empty), weightshare.shared_groups(empty_gpt2)
 # ([['wte.weight', 'lm_head.weight']], [['transformer.wte.weight', 'lm_head.weight']])
 
 # %%
 # Conclusion
 # ----------
-# ``to_empty()`` and ``load_state_dict(..., assign=True)`` work name by name, so they
-# cannot keep two names on one tensor. Nothing fails; the model trains as an untied
-# model whose two halves started equal. Users have met this in accelerate's
-# ``init_empty_weights``
-# (`accelerate#3668 <https://github.com/huggingface/accelerate/issues/3668>`_), when
-# loading into a meta-initialised model
-# (`accelerate#1204 <https://github.com/huggingface/accelerate/pull/1204>`_), with
-# FSDP recipes that build on the meta device
+# ``to_empty()``, ``load_state_dict(..., assign=True)`` and ``init_empty_weights()``
+# work name by name, so they cannot keep two names on one tensor. Nothing fails; the
+# model trains as an untied model whose two halves started equal. Users have met this
+# in accelerate (`accelerate#3668
+# <https://github.com/huggingface/accelerate/issues/3668>`_, `accelerate#1204
+# <https://github.com/huggingface/accelerate/pull/1204>`_) and in FSDP recipes that
+# build on the meta device
 # (`torchtune#616 <https://github.com/meta-pytorch/torchtune/issues/616>`_,
-# `verl#7834 <https://github.com/verl-project/verl/issues/7834>`_), and as a
-# first-step loss spike after resuming, once the drifted head was left out of a
-# checkpoint (`NVIDIA-NeMo/Automodel#2511
-# <https://github.com/NVIDIA-NeMo/Automodel/pull/2511>`_). Record the ties with
-# :class:`weightshare.TieGuard` before materialising, call :func:`weightshare.retie`
-# (or ``tie_weights()``) right after, and check the guard before training. Which
-# accelerate releases untie: the :ref:`version table <version-table>`.
+# `verl#7834 <https://github.com/verl-project/verl/issues/7834>`_). Record the ties
+# with :class:`weightshare.TieGuard` before materialising, call
+# :func:`weightshare.retie` (or ``tie_weights()``) *after* ``to_empty()``, and check
+# the guard before training. Which accelerate releases untie: the
+# :ref:`version table <version-table>`.
 #
-# Next: :doc:`plot_copies_not_ties` (ties that were never ties), the
-# :doc:`symptom index </symptoms>`, and :func:`weightshare.retie` in the
-# :doc:`API reference </api>`.
+# Next: :doc:`plot_module_conversion` (moving or converting a built model unties it
+# too), and the :doc:`symptom index </symptoms>`, which lists every Fix page.

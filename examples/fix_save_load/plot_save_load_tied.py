@@ -10,8 +10,8 @@ untied fine-tune) loads into a tied model with ``<All keys matched successfully>
 and one of the two values is silently dropped. This page runs both on a tiny GPT,
 then the fixes: store one tensor per tie (``safetensors.torch.save_model`` or
 :func:`weightshare.save`), and load with :func:`weightshare.load`, which refuses tied
-keys that disagree. Hugging Face's ``save_pretrained`` and ``from_pretrained`` close
-the page: what they write for a tied head, and what ``tie_word_embeddings`` decides.
+keys that disagree. Hugging Face models close the page: there the config's
+``tie_word_embeddings``, not the file, decides where the head comes from.
 """
 
 # %%
@@ -45,16 +45,13 @@ except RuntimeError as err:
 # %%
 # The cause: two names, one storage
 # ---------------------------------
-# ``state_dict()`` lists a tied parameter under each of its names, and both entries
-# point at the same memory. :func:`torch.save` stores that memory once and restores
-# the sharing on load; the safetensors format has no way to say "this name is that
-# tensor", so ``save_file`` refuses rather than write two copies that could later
-# disagree. Users have met this on fine-tuned GPT-2 and Llama models
-# (`safetensors#98 <https://github.com/safetensors/safetensors/issues/98>`_,
+# ``state_dict()`` lists a tied parameter under each of its names, both entries over
+# one memory. :func:`torch.save` stores that memory once; the safetensors format
+# cannot say "this name is that tensor", so ``save_file`` refuses rather than write
+# two copies that could later disagree (users met it on fine-tuned GPT-2 and Llama
+# models: `safetensors#98 <https://github.com/safetensors/safetensors/issues/98>`_,
 # `#202 <https://github.com/safetensors/safetensors/issues/202>`_,
-# `#304 <https://github.com/safetensors/safetensors/issues/304>`_), and Hugging Face
-# changed ``save_pretrained`` to drop the duplicate keys
-# (`transformers#22437 <https://github.com/huggingface/transformers/pull/22437>`_).
+# `#304 <https://github.com/safetensors/safetensors/issues/304>`_).
 #
 # >>> state = model.state_dict()
 # >>> state["wte.weight"].data_ptr() == state["lm_head.weight"].data_ptr()
@@ -65,12 +62,11 @@ except RuntimeError as err:
 # %%
 # The fix: one tensor per tie
 # ---------------------------
-# ``safetensors.torch.save_model`` keeps one name of each tie (the first in
-# alphabetical order) and notes in the file's metadata which name the others stand
-# for; ``load_model`` reads the file back into a model built the same way
-# (`"Torch shared tensors"
-# <https://huggingface.co/docs/safetensors/torch_shared_tensors>`_ in the safetensors
-# documentation). :func:`weightshare.save` does the same and records the tie groups;
+# ``safetensors.torch.save_model`` keeps one name of each tie and notes in the
+# file's metadata which name the others stand for; ``load_model`` reads it back into
+# a model built the same way (`"Torch shared tensors"
+# <https://huggingface.co/docs/safetensors/torch_shared_tensors>`_).
+# :func:`weightshare.save` does the same and records the tie groups;
 # :func:`weightshare.load` copies the values in place, so the tie survives.
 from safetensors import safe_open
 
@@ -78,7 +74,7 @@ safetensors.torch.save_model(model, path)
 with safe_open(path, framework="pt") as f:
     stored_keys, stored_metadata = list(f.keys()), f.metadata()
 restored = GPT(config)
-missing_unexpected = safetensors.torch.load_model(restored, path)
+safetensors.torch.load_model(restored, path)
 
 ws_path = os.path.join(folder, "model-ws.safetensors")
 weightshare.save(model, ws_path)
@@ -93,8 +89,6 @@ weightshare.load(restored_ws, ws_path)
 # ['lm_head.weight']
 # >>> stored_metadata["wte.weight"]
 # 'lm_head.weight'
-# >>> missing_unexpected
-# (set(), [])
 # >>> restored.lm_head.weight is restored.wte.weight
 # True
 # >>> torch.equal(restored.lm_head.weight, model.lm_head.weight)
@@ -106,15 +100,13 @@ weightshare.load(restored_ws, ws_path)
 # [['wte.weight', 'lm_head.weight']]
 # >>> weightshare.shared_groups(restored_ws)
 # [['wte.weight', 'lm_head.weight']]
-# >>> torch.equal(restored_ws.wte.weight, model.wte.weight)
-# True
 
 # %%
 # The silent trap: tied keys that disagree
 # ----------------------------------------
-# A model fine-tuned *untied* (``tie_embeddings=False``) saves two different tensors
-# under the two names. Loaded into the tied model, both are copied, one after the
-# other, into the one shared tensor. PyTorch reports success.
+# A model fine-tuned *untied* saves two different tensors under the two names.
+# Loaded into the tied model, both are copied, one after the other, into the one
+# shared tensor, and PyTorch reports success.
 import dataclasses
 
 import matplotlib.pyplot as plt
@@ -150,37 +142,54 @@ plt.show()
 # %%
 # Refusing instead of guessing
 # ----------------------------
-# Saved as a plain safetensors file, the same checkpoint is refused by both loaders.
-# ``safetensors.torch.load_model`` expects one key per tie and calls the other one
-# unexpected; :func:`weightshare.load` says which tied keys disagree, by how much,
-# and that the model was not changed.
+# Saved with ``save_file``, the fine-tune is refused by both loaders. So is
+# ``cloned``, the tied model saved the usual way round the error above, every tensor
+# cloned: its tied keys hold *equal* values in two places.
+# ``safetensors.torch.load_model`` wants one key per tie and calls the other one
+# unexpected, whatever it holds; :func:`weightshare.load` refuses only keys that
+# disagree, says by how much, and leaves the model as it was.
 ft_path = os.path.join(folder, "finetuned.safetensors")
 safetensors.torch.save_file(finetuned, ft_path)
+cloned_path = os.path.join(folder, "cloned.safetensors")
+cloned = {key: value.clone() for key, value in model.state_dict().items()}
+safetensors.torch.save_file(cloned, cloned_path)
 loaders = {
     "safetensors.torch.load_model": safetensors.torch.load_model,
     "weightshare.load": weightshare.load,
 }
-targets = {label: GPT(config) for label in loaders}
-before = {label: target.wte.weight.clone() for label, target in targets.items()}
-for label, load in loaders.items():
-    try:
-        load(targets[label], ft_path)
-    except (RuntimeError, ValueError) as err:
-        print(f"{label}: {type(err).__name__}: {str(err).replace(folder, '<tmp>')}")
+targets, before, errors = {}, {}, {}
+for file in (ft_path, cloned_path):
+    for label, load in loaders.items():
+        targets[label, file] = target = GPT(config)
+        before[label, file] = target.wte.weight.detach().clone()
+        try:
+            load(target, file)
+        except (RuntimeError, ValueError) as err:
+            errors[label, file] = str(err).replace(folder, "<tmp>")
+            name = f"{label}, {os.path.basename(file)}"
+            print(f"{name}: {type(err).__name__}: {errors[label, file]}")
 
 # %%
-# ``load_model`` raises only after loading: the model it was given already holds the
-# file's ``lm_head.weight`` in its shared tensor. :func:`weightshare.load` checks the
-# whole file first and leaves its model as it was:
+# ``load_model`` refuses the cloned file although its two keys are equal, and raises
+# only after loading: given the fine-tune, its model already holds the file's
+# ``lm_head.weight`` in the shared tensor. :func:`weightshare.load` checks the whole
+# file first, and loads the cloned one with the tie kept:
 #
-# >>> label = "safetensors.torch.load_model"
-# >>> torch.equal(targets[label].wte.weight, finetuned["lm_head.weight"])
+# >>> torch.equal(cloned["wte.weight"], cloned["lm_head.weight"])
 # True
-# >>> torch.equal(targets["weightshare.load"].wte.weight, before["weightshare.load"])
+# >>> "Unexpected key(s)" in errors["safetensors.torch.load_model", cloned_path]
 # True
+# >>> lm = targets["safetensors.torch.load_model", ft_path]
+# >>> torch.equal(lm.wte.weight, finetuned["lm_head.weight"])
+# True
+# >>> key = "weightshare.load", ft_path
+# >>> torch.equal(targets[key].wte.weight, before[key])
+# True
+# >>> weightshare.shared_groups(targets["weightshare.load", cloned_path])
+# [['wte.weight', 'lm_head.weight']]
 #
-# The fix depends on what you want. If the fine-tune untied the two on purpose, untie
-# them in the model too (:func:`weightshare.untie`) and both values load:
+# If the fine-tune untied the two on purpose, untie them in the model too
+# (:func:`weightshare.untie`) and both values load:
 #
 # >>> _ = weightshare.untie(tied, "lm_head.weight")
 # >>> weightshare.load(tied, ft_path)
@@ -190,13 +199,17 @@ for label, load in loaders.items():
 # True
 
 # %%
-# Hugging Face: what ``save_pretrained`` writes
-# ---------------------------------------------
-# A tiny GPT-2 from a local config (no download). Its config says
-# ``tie_word_embeddings=True``, so ``save_pretrained`` writes the embedding and no
-# ``lm_head.weight``, and ``from_pretrained`` ties the head to it again. Transformers
-# logs through Python's ``logging``; the page keeps those messages in a buffer and
-# prints the ones it discusses.
+# Hugging Face: the config, not the file, decides
+# -----------------------------------------------
+# A tiny GPT-2 from a local config (no download), tied as its config says
+# (``tie_word_embeddings=True``): ``save_pretrained`` writes no ``lm_head.weight``,
+# and ``from_pretrained`` ties the head to the embedding again. Loaded with
+# ``tie_word_embeddings=False``, the same files leave ``lm_head.weight`` missing:
+# transformers initialises it at random and says so only in its load report, which
+# the page catches from Python's ``logging`` and prints. The model runs, with a
+# random output layer: a Ministral checkpoint whose flag was not set generated
+# gibberish this way
+# (`transformers#43429 <https://github.com/huggingface/transformers/pull/43429>`_).
 import logging.handlers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -208,54 +221,32 @@ hf_logging.disable_default_handler()
 hf_log = logging.handlers.BufferingHandler(capacity=100)
 hf_logging.get_logger().addHandler(hf_log)
 
-sizes = dict(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
 # Special token ids inside the 16-token vocabulary, or the config warns.
+sizes = dict(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
 gpt2 = GPT2LMHeadModel(GPT2Config(**sizes, bos_token_id=0, eos_token_id=0))
 gpt2_dir = os.path.join(folder, "gpt2")
 gpt2.save_pretrained(gpt2_dir)
 with safe_open(os.path.join(gpt2_dir, "model.safetensors"), framework="pt") as f:
     gpt2_keys = list(f.keys())
 reloaded = GPT2LMHeadModel.from_pretrained(gpt2_dir)
-
-# %%
-# >>> gpt2.config.tie_word_embeddings
-# True
-# >>> "transformer.wte.weight" in gpt2_keys, "lm_head.weight" in gpt2_keys
-# (True, False)
-# >>> weightshare.shared_groups(reloaded)
-# [['transformer.wte.weight', 'lm_head.weight']]
-# >>> torch.equal(reloaded.lm_head.weight, gpt2.lm_head.weight)
-# True
-
-# %%
-# What ``tie_word_embeddings`` decides
-# ------------------------------------
-# The flag, not the file, decides where the head comes from. Load the same files with
-# ``tie_word_embeddings=False`` and ``lm_head.weight`` is missing: transformers
-# initialises it at random and says so only in its load report. The model runs, with
-# a random output layer: a Ministral checkpoint whose flag was not set generated
-# gibberish this way
-# (`transformers#43429 <https://github.com/huggingface/transformers/pull/43429>`_).
 hf_log.flush()
-headless, info = GPT2LMHeadModel.from_pretrained(
-    gpt2_dir, tie_word_embeddings=False, output_loading_info=True
-)
+headless = GPT2LMHeadModel.from_pretrained(gpt2_dir, tie_word_embeddings=False)
 report = next(r.getMessage() for r in hf_log.buffer if "LOAD REPORT" in r.getMessage())
 print(*[line.rstrip() for line in report.splitlines()[1:] if line.strip()], sep="\n")
 
 # %%
-# >>> info["missing_keys"]
-# {'lm_head.weight'}
-# >>> weightshare.shared_groups(headless)
-# []
+# >>> "transformer.wte.weight" in gpt2_keys, "lm_head.weight" in gpt2_keys
+# (True, False)
+# >>> weightshare.shared_groups(reloaded)
+# [['transformer.wte.weight', 'lm_head.weight']]
 # >>> torch.equal(headless.lm_head.weight, gpt2.lm_head.weight)
 # False
 #
 # The other way round, an untied fine-tune loaded with ``tie_word_embeddings=True``:
 # from transformers 4.54, ``tie_weights()`` tied the two anyway and so overwrote the
-# saved head, as reported in
-# `transformers#42612 <https://github.com/huggingface/transformers/pull/42612>`_.
-# The pinned transformers 5.23 compares the two tensors, keeps both and warns:
+# saved head (`transformers#42612
+# <https://github.com/huggingface/transformers/pull/42612>`_). The pinned
+# transformers 5.23 compares the two tensors, keeps both and warns:
 gpt2_untied = GPT2LMHeadModel(
     GPT2Config(**sizes, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
 )
@@ -275,16 +266,15 @@ workdir.cleanup()
 # %%
 # Conclusion
 # ----------
-# A checkpoint should hold one tensor per tie, and loading should copy values into the
-# model's existing parameters, never guess between two disagreeing copies.
+# A checkpoint should hold one tensor per tie, and loading should copy values into
+# the model's existing parameters, never guess between two copies.
 # ``safetensors.torch.save_model``/``load_model`` and :func:`weightshare.save`/
-# :func:`weightshare.load` both do that; :func:`weightshare.load` also refuses a file
-# whose tied keys disagree, where ``load_state_dict`` keeps whichever module it
-# visits last. With Hugging Face models, ``tie_word_embeddings`` must match how the
-# checkpoint was trained. Which transformers and safetensors releases behave as
-# shown here: the :ref:`version table <version-table>`.
+# :func:`weightshare.load` both store one tensor per tie; ``load_model`` refuses any
+# file that holds a tie twice, and :func:`weightshare.load` refuses one whose tied
+# keys disagree, where ``load_state_dict`` keeps whichever module it visits last.
+# With Hugging Face models, ``tie_word_embeddings`` must match how the checkpoint was
+# trained. Which transformers and safetensors releases behave as shown here: the
+# :ref:`version table <version-table>`.
 #
-# Next: :doc:`/auto_examples/fix_build/plot_meta_device_init` (ties lost before the
-# first step, when a model is built on the meta device), the
-# :doc:`symptom index </symptoms>`, and
-# :func:`weightshare.checkpoint_groups` in the :doc:`API reference </api>`.
+# Next: :doc:`plot_weightshare_check` (what loading a checkpoint will do to its ties,
+# read from the file before loading it), and the :doc:`symptom index </symptoms>`.

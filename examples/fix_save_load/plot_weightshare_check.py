@@ -192,8 +192,8 @@ print("\n".join(line for line in lines if "import time:" not in line))
 healthy_file = "gpt2-tied/model.safetensors"
 seconds = min(run(*check_args, healthy_file)[1] for _ in range(2))
 torch_seconds = min(run("-c", "import torch")[1] for _ in range(2))
-print(f"weightshare check {healthy_file}: {seconds:.2f} s as a whole process")
-print(f"python -c 'import torch': {torch_seconds:.2f} s")
+print(f"weightshare check {healthy_file}: {seconds:.2f} s (wall clock)")
+print(f"python -c 'import torch': {torch_seconds:.2f} s (wall clock)")
 
 # %%
 # >>> truncated.returncode, truncated.stdout

@@ -5,7 +5,8 @@ Optimizer groups and gradient clipping
 *"ValueError: some parameters appear in more than one parameter group"*, *"optimizer
 contains a parameter group with duplicate parameters"*, a gradient norm that reads
 √2 too large, or an EMA that runs ahead of the model. All four come from handing a
-tied weight to PyTorch twice, once under each of its names. This page reproduces
+tied weight to PyTorch twice, once under each of its names; a fifth, a head that
+never trains, from replacing a weight after the optimizer was made. This page reproduces
 each with the real calls on a tiny tied language model and proves the fix: collect
 parameters by identity (:func:`weightshare.param_groups`,
 :func:`weightshare.unique_parameters`, or ``model.parameters()``, which lists a
@@ -204,6 +205,49 @@ tied_swa = round(ema_swa.module.emb.weight[0, 0].item(), 6)
 # True
 
 # %%
+# A parameter replaced after the optimizer is made is never trained
+# -----------------------------------------------------------------
+# The optimizer holds the Parameter objects it was given and nothing else. Replacing
+# one afterwards, here the head's weight by a new :class:`~torch.nn.Parameter` with
+# the embedding's values (as code that loads a pretrained head does), leaves the
+# optimizer with the old object: the new weight gets a gradient at every step and
+# no update, and the tie is gone too.
+late = TinyLM()
+late_optimizer = torch.optim.SGD(late.parameters(), lr=0.1)
+late_guard = weightshare.TieGuard(late)
+late.head.weight = nn.Parameter(late.emb.weight.detach().clone())
+head_before = late.head.weight.detach().clone()
+late(torch.tensor([0, 1])).sum().backward()
+late_optimizer.step()
+held = [p for group in late_optimizer.param_groups for p in group["params"]]
+
+# %%
+# The step left the new weight exactly as it was, with a gradient that the
+# optimizer's ``zero_grad`` never clears, and the guard reports the tie broken:
+#
+# >>> any(p is late.head.weight for p in held)
+# False
+# >>> torch.equal(late.head.weight, head_before), late.head.weight.grad is not None
+# (True, True)
+# >>> late_guard.broken()
+# [['emb.weight', 'head.weight']]
+#
+# The fix: :func:`weightshare.retie` puts the embedding's Parameter, the object the
+# optimizer holds, back under both names, and the next step trains the head again.
+# (A weight you mean to replace for good goes in before the optimizer is made.)
+weightshare.retie(late, late_guard.groups)
+head_before = late.head.weight.detach().clone()
+late_optimizer.zero_grad()
+late(torch.tensor([0, 1])).sum().backward()
+late_optimizer.step()
+
+# %%
+# >>> late.head.weight is late.emb.weight, late_guard.broken()
+# (True, [])
+# >>> torch.equal(late.head.weight, head_before)
+# False
+
+# %%
 # Conclusion
 # ----------
 # Every failure here is one tensor handed over twice. PyTorch's containers know
@@ -217,5 +261,5 @@ tied_swa = round(ema_swa.module.emb.weight[0, 0].item(), 6)
 # `DeepSpeed#195 <https://github.com/deepspeedai/DeepSpeed/issues/195>`_ (memory
 # allocated for each listing of a tied parameter).
 #
-# Next: the :doc:`API reference </api>` for both functions, and the training step
-# in :doc:`/auto_examples/learn/plot_4_gpu_training_step`.
+# Next: :doc:`plot_transforms_functional` (rewriting one side of a tie), and
+# :func:`weightshare.param_groups` in the :doc:`API reference </api>`.

@@ -218,5 +218,6 @@ fig.tight_layout()
 # and a hook on a shared weight sees only the sum: per-use gradients need
 # :func:`weightshare.grad_contributions`.
 #
-# Next: :func:`weightshare.tie` and :func:`weightshare.shared_groups` in the
-# :doc:`API reference </api>`, and the other :ref:`pitfalls <gallery>`.
+# Next: :doc:`/auto_examples/fix_save_load/plot_save_load_tied` (keeping the tie
+# through a checkpoint), and :func:`weightshare.tie` in the
+# :doc:`API reference </api>`.

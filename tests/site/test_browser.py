@@ -288,6 +288,32 @@ def test_search_box_finds_the_page_of_an_error_message(
     assert any(link.endswith(wanted) for link in top), f"{error!r} gave {results[:5]}"
 
 
+def test_the_symptom_index_gives_its_errors_the_width(
+    driver: Any, site_url: str
+) -> None:
+    """No empty side navigation beside the index, and the quoted errors in a wide
+    column; on a phone each row stacks, with nothing scrolling sideways."""
+    _viewport(driver, DESKTOP)
+    assert not _load(driver, site_url + "symptoms.html")
+    sidebar = driver.find_element(By.CSS_SELECTOR, ".bd-sidebar-primary")
+    assert not sidebar.is_displayed(), "an empty side navigation beside the index"
+    error = driver.find_element(By.CSS_SELECTOR, "table.ws-symptoms td")
+    assert error.rect["width"] >= 0.4 * DESKTOP[0], f"error column {error.rect}"
+    _screenshot(driver, "symptoms")
+    _viewport(driver, PHONE, mobile=True)
+    try:
+        assert not _load(driver, site_url + "symptoms.html")
+        width, inner = driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert width <= inner, f"the index scrolls sideways on a phone: {width}px"
+        error = driver.find_element(By.CSS_SELECTOR, "table.ws-symptoms td")
+        assert error.rect["width"] >= 0.85 * PHONE[0], f"error cell {error.rect}"
+        _screenshot(driver, "symptoms-phone")
+    finally:
+        _viewport(driver, DESKTOP)
+
+
 def _contrast(light: float, dark: float) -> float:
     """WCAG contrast ratio of two relative luminances."""
     return (max(light, dark) + 0.05) / (min(light, dark) + 0.05)

@@ -1,7 +1,7 @@
 """The pages' comparative claims hold at other seeds, not only at the page's own.
 
-A claim such as "the embedding is as good as raw pixels" or "both models learn the
-task" could hold at one seed by luck. Each page below keeps its seed in one line,
+A claim such as "the embedding beats raw pixels" or "both models learn the task"
+could hold at one seed by luck. Each page below keeps its seed in one line,
 ``SEED = 0``; this test runs the page's own code with only that line changed (no
 model is copied here) and checks, at each other seed, the claims the page makes.
 """
@@ -35,15 +35,46 @@ def run_page(path: Path, seed: int) -> dict[str, Any]:
     return namespace
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_siamese_claims(seed: int) -> None:
-    page = run_page(EXAMPLES / "learn" / "plot_3_siamese.py", seed)
-    assert abs(page["accuracy"] - page["raw_accuracy"]) < 0.01
-    assert page["auc"] >= 0.999
-    assert page["losses"][-1] < page["losses"][0] / 10
-    assert page["model"].encoder.bn1.num_batches_tracked.item() == page["steps"]
-    assert page["two_sources"] > 0.5
-    assert page["two_sources"] > 3 * page["one_source"]
+RAW_PIXELS_CORRECT = 888  # of 899 held-out digits: 1-NN on raw pixels, any seed
+
+
+@pytest.fixture(scope="module")
+def siamese_runs() -> dict[int, dict[str, Any]]:
+    """The Siamese page's results at five seeds it does not use (its own is 0)."""
+    runs = {}
+    for seed in (1, 2, 3, 4, 5):
+        page = run_page(EXAMPLES / "learn" / "plot_3_siamese.py", seed)
+        runs[seed] = {
+            "correct": round(page["accuracy"] * 899),
+            "raw_correct": round(page["raw_accuracy"] * 899),
+            "auc": page["auc"],
+            "seconds": page["train_seconds"],
+        }
+    return runs
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_siamese_embedding_beats_raw_pixels_at_every_seed(
+    siamese_runs: dict[int, dict[str, Any]], seed: int
+) -> None:
+    run = siamese_runs[seed]
+    assert run["raw_correct"] == RAW_PIXELS_CORRECT
+    assert run["correct"] > run["raw_correct"], run
+    assert run["auc"] >= 0.999, run
+
+
+def test_siamese_embedding_beats_raw_pixels_by_four_digits_on_average(
+    siamese_runs: dict[int, dict[str, Any]],
+) -> None:
+    """At least 0.4 points (3.6 of 899 digits) above raw pixels, over five seeds."""
+    gains = [run["correct"] - run["raw_correct"] for run in siamese_runs.values()]
+    print(
+        {
+            seed: (run["correct"], round(run["auc"], 5), round(run["seconds"], 1))
+            for seed, run in siamese_runs.items()
+        }
+    )
+    assert sum(gains) / len(gains) / 899 >= 0.004, gains
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -122,6 +122,19 @@ def test_each_quoted_error_is_printed_by_its_page(built_site: Path) -> None:
             assert part.strip() in text, f"{docname} does not show {part.strip()!r}"
 
 
+def test_the_symptom_index_links_every_fix_page() -> None:
+    # The index is the Fix section's front door: a page no row leads to is lost.
+    index = (ROOT / "docs" / "symptoms.md").read_text()
+    linked = set(re.findall(r"\{doc\}`/auto_examples/([^`]+)`", index))
+    fix_pages = {
+        f"{page.parent.name}/{page.stem}"
+        for page in (ROOT / "examples").glob("fix_*/plot_*.py")
+    }
+    assert fix_pages, "no Fix page found"
+    missing = sorted(fix_pages - linked)
+    assert not missing, f"docs/symptoms.md has no row for {missing}"
+
+
 def test_pytorch_names_link_to_pytorchs_docs(built_site: Path) -> None:
     api = (built_site / "api.html").read_text()
     torch_docs = "https://docs.pytorch.org/docs/stable/"

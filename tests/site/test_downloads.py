@@ -5,8 +5,13 @@ how to run them (the "Run this example on your own machine" box). This test fetc
 those files from the built site served on localhost, puts each in an empty folder and:
 
 - runs the script in a virtual environment made by the page's own commands;
-- executes the notebook with nbclient in an environment that has only Jupyter's kernel
-  (ipykernel) and nbclient, so that the notebook's first cell must install the rest.
+- executes the notebook with nbclient, in an environment with Jupyter's kernel
+  (ipykernel), nbclient and what the notebooks' first cells install.
+
+Each page's box and its notebook's first cell must install exactly the pins of what
+the page's script imports (conf.py's ``weightshare_import_requirements``); the runs
+share one environment with all of them, since one per set of imports would cost
+minutes of pip each.
 
 Making the two environments costs a few minutes of pip, so they are kept in
 `_build/download-envs/` and made again only when the page's install commands (or the
@@ -163,38 +168,65 @@ def downloads(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _expected_pins(script: Path) -> list[str]:
+    """The pins the page's box should install: those of what its script imports."""
+    sys.path.insert(0, str(ROOT))
+    from gallery_downloads import page_requirements
+
+    import conf
+
+    return page_requirements(
+        script.read_text(),
+        conf.weightshare_run_requirements,
+        conf.weightshare_import_requirements,
+    )
+
+
 @pytest.fixture(scope="module")
-def setup_lines(site_url: str) -> list[str]:
-    """The lines every page gives to set up the environment, checked to be one set."""
-    setups = set()
+def setup_lines(site_url: str) -> dict[str, list[str]]:
+    """The lines each page gives to set up its environment, by page."""
+    setups = {}
     for page in PAGES:
         _, lines = _page(site_url, page)
         script = Path(page).with_suffix(".py").name
         assert lines[-1] == f"python {script}", lines
-        setups.add(tuple(lines[:-1]))
-    assert len(setups) == 1, f"the pages give different set-ups: {setups}"
-    return list(setups.pop())
+        setups[page] = lines[:-1]
+    return setups
 
 
-def test_every_page_offers_the_same_wheel_and_says_how_to_run_it(
-    setup_lines: list[str], downloads: Path
+def _installs(lines: list[str]) -> list[str]:
+    (install,) = [line for line in lines if line.startswith("pip install ")]
+    return install.removeprefix("pip install ").split()
+
+
+def test_every_page_offers_the_same_wheel_and_installs_what_it_imports(
+    setup_lines: dict[str, list[str]], downloads: Path
 ) -> None:
-    lines = setup_lines
     wheels = list(downloads.glob("*.whl"))
     assert len(wheels) == 1
-    assert lines[0] == "python3 -m venv .venv"
-    assert any(
-        line.startswith("pip install") and wheels[0].name in line for line in lines
-    )
+    for page, lines in setup_lines.items():
+        assert lines[0] == "python3 -m venv .venv"
+        script = downloads / Path(page).with_suffix(".py").name
+        assert _installs(lines) == [*_expected_pins(script), wheels[0].name], page
     with zipfile.ZipFile(wheels[0]) as wheel:
         names = wheel.namelist()
     assert "weightshare/__init__.py" in names and "weightshare/py.typed" in names
 
 
+def _union(setups: list[list[str]]) -> list[str]:
+    """Every package any of the set-ups installs, each once, in first-seen order."""
+    return list(dict.fromkeys(word for lines in setups for word in _installs(lines)))
+
+
 @pytest.fixture(scope="module")
-def script_env(setup_lines: list[str], downloads: Path) -> Path:
+def script_env(setup_lines: dict[str, list[str]], downloads: Path) -> Path:
+    """One environment with what every page installs (a page's own set-up is a part
+    of it; the test above checks that each part is what its page imports)."""
     wheel = next(downloads.glob("*.whl"))
-    return _env("script", "\n".join(setup_lines), wheel, "\n".join(setup_lines))
+    lines = next(iter(setup_lines.values()))
+    install = "pip install " + " ".join(_union(list(setup_lines.values())))
+    make = "\n".join([*(line for line in lines if "pip install" not in line), install])
+    return _env("script", make, wheel, make)
 
 
 def _run_all(
@@ -244,15 +276,30 @@ def _first_cell(notebook: Path) -> str:
 @pytest.fixture(scope="module")
 def notebook_env(downloads: Path) -> Path:
     notebooks = sorted(downloads.glob("*.ipynb"))
-    firsts = {_first_cell(n) for n in notebooks}
-    assert len(firsts) == 1, "the notebooks start with different install cells"
-    first = firsts.pop()
     wheel = next(downloads.glob("*.whl"))
-    assert re.search(rf"^%pip install .*\b{re.escape(wheel.name)}$", first, re.M), first
-    # A reader's Jupyter: a kernel and a way to run notebooks, nothing else. In a new
-    # environment, the first notebook to run installs what they need (its first cell).
-    make = "python3 -m venv .venv\n.venv/bin/pip install -q nbclient ipykernel"
-    return _env("notebook", first + make, wheel, make)
+    sys.path.insert(0, str(ROOT))
+    from gallery_downloads import notebook_first_cell
+
+    import conf
+
+    configured = conf.sphinx_gallery_conf["first_notebook_cell"]
+    installs = []
+    for notebook in notebooks:
+        first = _first_cell(notebook)
+        pins = _expected_pins(notebook.with_suffix(".py"))
+        assert first == notebook_first_cell(configured, pins), notebook.name
+        assert re.search(rf"^%pip install .*\b{re.escape(wheel.name)}$", first, re.M)
+        installs.append(first.rsplit("%pip install ", 1)[1].split())
+    # A reader's Jupyter: a kernel and a way to run notebooks. The packages every
+    # notebook's first cell names are installed up front, since two notebooks run at
+    # a time and two pip runs into one environment at once would collide; each
+    # first cell then finds what it names installed.
+    union = list(dict.fromkeys(w for words in installs for w in words))
+    make = (
+        "python3 -m venv .venv\n.venv/bin/pip install -q nbclient ipykernel "
+        + " ".join(union)
+    )
+    return _env("notebook", make, wheel, make)
 
 
 def _execute(notebook: str) -> str:

@@ -154,6 +154,9 @@ def run_page(path: Path) -> Outcome:
             single = doctest.DocTest(
                 [example], namespace, path.stem, str(path), line, None
             )
+            # DocTest copies its globals; share the page's, as Sphinx's builder does,
+            # so a name assigned in one ``>>>`` line is there for the next.
+            single.globs = namespace
             result = runner.run(single, out=out.write, clear_globs=False)
             examples_run += 1
             if result.failed:

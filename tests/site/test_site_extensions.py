@@ -290,6 +290,16 @@ def test_a_valid_config_passes_every_check(tmp_path: Path) -> None:
             "has no pyproject.toml",
         ),
         (
+            gallery_downloads,
+            {"weightshare_import_requirements": {"sklearn": ["scikit-learn"]}},
+            "names ['scikit-learn'], which weightshare_run_requirements does not pin",
+        ),
+        (
+            gallery_downloads,
+            {"weightshare_import_requirements": {"torch": "torch"}},
+            "must map an importable name to a list",
+        ),
+        (
             offline_site,
             {"weightshare_reference_aliases": {"a": 1}},
             "str -> str",
@@ -467,6 +477,35 @@ def test_run_instructions_go_before_the_downloads(tmp_path: Path) -> None:
         note
         == "Go to the end to download the full example code and to see how to run it."
     )
+
+
+def test_a_page_installs_only_the_pins_of_what_it_imports(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    app.config.weightshare_run_requirements = ["torch==2.13.0", "graphviz==0.21"]
+    app.config.weightshare_import_requirements = {
+        "torch": ["torch"],
+        "graphviz": ["graphviz"],
+    }
+    script = tmp_path / "auto_examples" / "basics" / "plot_x.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import os\nimport torch\nfrom torch import nn\n")
+    doctree = publish_doctree(FOOTER_PAGE, settings_overrides={"report_level": 5})
+    gallery_downloads.add_run_instructions(app, doctree)
+    commands = next(iter(doctree.findall(nodes.literal_block))).astext()
+    assert "pip install torch==2.13.0 pkg-1.0-py3-none-any.whl\n" in commands
+
+
+def test_a_page_importing_an_unmapped_module_is_named() -> None:
+    with pytest.raises(ValueError, match="the page imports 'pandas'"):
+        gallery_downloads.page_requirements(
+            "import pandas", ["torch==2.13.0"], {"torch": ["torch"]}
+        )
+    with pytest.raises(ValueError, match="names 'numpy', which"):
+        gallery_downloads.page_requirements(
+            "import sklearn", ["torch==2.13.0"], {"sklearn": ["numpy"]}
+        )
+    # Without a map, every pin (the behaviour before the map existed).
+    assert gallery_downloads.page_requirements("import x", ["a==1"], {}) == ["a==1"]
 
 
 def test_without_a_wheel_only_the_script_is_mentioned(tmp_path: Path) -> None:
@@ -677,6 +716,39 @@ def test_every_notebook_gets_the_configured_first_cell(tmp_path: Path) -> None:
     gallery_downloads.clean_notebooks(app)
     sources = [c["source"] for c in json.loads(notebook.read_text())["cells"]]
     assert sources == ["%pip install new", "y = 1"]
+
+
+def test_each_notebooks_first_cell_installs_what_its_page_imports(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    gallery_dir = tmp_path / "auto_examples" / "learn"
+    gallery_dir.mkdir(parents=True)
+    for name, source in [("plot_a", "import torch"), ("plot_b", "import sklearn")]:
+        (gallery_dir / f"{name}.py").write_text(source + "\n")
+        cells = [{"cell_type": "code", "metadata": {}, "source": "", "outputs": []}]
+        (gallery_dir / f"{name}.ipynb").write_text(
+            json.dumps({"cells": cells, "metadata": {}, "nbformat": 4})
+        )
+    conf = {
+        "gallery_dirs": "auto_examples",
+        "first_notebook_cell": "# set-up\n%pip install torch==2.13.0 sk==1.8 w.whl",
+    }
+    config = types.SimpleNamespace(
+        sphinx_gallery_conf=conf,
+        weightshare_run_requirements=["torch==2.13.0", "sk==1.8"],
+        weightshare_import_requirements={"torch": ["torch"], "sklearn": ["sk"]},
+    )
+    gallery_downloads.clean_notebooks(
+        types.SimpleNamespace(srcdir=str(tmp_path), config=config)
+    )
+    firsts = {
+        name: json.loads((gallery_dir / f"{name}.ipynb").read_text())["cells"][0]
+        for name in ("plot_a", "plot_b")
+    }
+    assert firsts["plot_a"]["source"] == "# set-up\n%pip install torch==2.13.0 w.whl"
+    assert firsts["plot_b"]["source"] == "# set-up\n%pip install sk==1.8 w.whl"
 
 
 @pytest.mark.parametrize("extension", EXTENSIONS, ids=lambda m: m.__name__)

@@ -4,8 +4,9 @@ The build runs examples/learn/plot_4_gpu_training_step.py on a CPU: fp32, eager.
 CUDA the page runs its step under bf16 autocast and ``torch.compile``, and builds
 GPT-2 small. Both features work on a CPU too, so this test takes the page's own
 ``make_train_step`` (the page is run as a script to get it) and checks the page's
-claims with each feature on, and checks the loss-at-initialisation bound for the
-GPT-2 small configuration at several seeds.
+claims with each feature on, and checks the loss at initialisation, ln V + sigma^2 d/2,
+for the GPT-2 small configuration and the page's CPU one, tied and untied, at several
+seeds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import runpy
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,14 @@ def test_a_compiled_model_holds_the_models_own_parameters() -> None:
     assert compiled.lm_head.weight is compiled.wte.weight
 
 
+def measured_offset(model: GPT, idx: torch.Tensor, vocab_size: int) -> float:
+    """Mean log-sum-exp of the logits minus ln V: the loss's offset without the
+    target logit's noise (the page's ``measured_offset``)."""
+    with torch.no_grad():
+        logits = model(idx).float()
+    return logits.logsumexp(-1).mean().item() - math.log(vocab_size)
+
+
 @pytest.mark.parametrize(
     ("config", "seeds"),
     [
@@ -96,16 +106,36 @@ def test_a_compiled_model_holds_the_models_own_parameters() -> None:
 def test_the_loss_at_initialisation_is_ln_v_plus_sigma2_d_over_2(
     config: GPTConfig, seeds: range
 ) -> None:
+    """The offset sigma^2 d/2 comes from the output matrix's N(0, 0.02^2)
+    initialisation: tied and untied models both show it, each within a quarter of
+    the prediction (a tolerance that an offset of 0 or of twice it fails)."""
     batch, time = 8, 32
+    offset = 0.02**2 * config.d_model / 2
     for seed in seeds:
-        torch.manual_seed(seed)
-        model = GPT(config)
-        tokens = torch.randint(config.vocab_size, (batch, time + 1))
-        with torch.no_grad():
-            logits = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).item()
+        losses, offsets = [], []
+        for tie in (True, False):
+            torch.manual_seed(seed)
+            model = GPT(replace(config, tie_embeddings=tie))
+            tokens = torch.randint(config.vocab_size, (batch, time + 1))
+            with torch.no_grad():
+                logits = model(tokens[:, :-1])
+            flat = logits.flatten(0, 1)
+            losses.append(F.cross_entropy(flat, tokens[:, 1:].flatten()).item())
+            offsets.append(measured_offset(model, tokens[:, :-1], config.vocab_size))
         mean, noise = expected_loss(config, batch * time)
-        assert abs(loss - mean) < 4 * noise, (seed, loss, mean, noise)
+        for loss, measured in zip(losses, offsets, strict=True):
+            assert abs(loss - mean) < 4 * noise, (seed, loss, mean, noise)
+            assert abs(measured - offset) < offset / 4, (seed, measured, offset)
         # The old claim, |loss - ln V| < 0.1, fails for GPT-2 small (+0.15).
         if config.d_model == 768:
-            assert loss - math.log(config.vocab_size) > 0.05
+            assert losses[0] - math.log(config.vocab_size) > 0.05
+
+
+def test_the_pages_offset_check_fails_a_wrong_offset(page: dict[str, Any]) -> None:
+    """The page's measured offsets sit within a quarter of sigma^2 d/2, so the same
+    check with the offset taken as 0 (the loss at ln V) or doubled would fail."""
+    offset, measured = page["offset"], page["offsets"]
+    assert set(measured) == {"tied", "untied"}
+    for wrong in (0.0, 2 * offset):
+        assert not any(abs(v - wrong) < wrong / 4 for v in measured.values())
+    assert all(abs(v - offset) < offset / 4 for v in measured.values())
