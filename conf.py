@@ -132,6 +132,10 @@ weightshare_import_requirements = {
     "transformers": ["transformers"],
     "peft": ["peft", "transformers", "accelerate"],
     "accelerate": ["accelerate"],
+    # torch.onnx's default (dynamo) exporter needs onnxscript.
+    "onnx": ["onnx", "onnxscript"],
+    "onnxruntime": ["onnxruntime"],
+    "gguf": ["gguf"],
 }
 weightshare_wheel_project = ROOT
 WHEEL = f"weightshare-{release}-py3-none-any.whl"
