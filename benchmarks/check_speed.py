@@ -40,6 +40,16 @@ printed and written to ``benchmarks/results/check_speed-<UTC date and time>.json
 the last line is ``check benchmark: ok`` when every goal is met (exit status 1
 otherwise, naming the goals missed).
 
+Exported files: one ONNX model and one GGUF file of the same tied vocabulary
+matrix (vocabulary x width, float32), each holding it twice as exporters and
+converters write it: the ONNX file as ``wte.weight`` and its transpose (the
+TorchScript exporter's constant folding), the GGUF file as ``token_embd.weight``
+and a copy ``output.weight``. Each is checked by ``weightshare check`` as its own
+process, against a process that only reads the file with the format's own reader
+(``onnx.load`` and ``to_array`` on every initializer; ``GGUFReader`` and a pass
+over every tensor's data), taking turns; the ratios are recorded, not judged (the
+check does that reading and then compares).
+
 Usage: python benchmarks/check_speed.py [--quick] [--rounds N] [--out DIR]
 (``--quick``: an 11 MB file and one round, a smoke test; no goals are checked.)
 """
@@ -66,6 +76,7 @@ GOAL_MEMORY_RATIO = 0.25
 GOAL_STARTUP_RATIO = 0.2  # the command's whole process against `import torch`
 GOAL_STARTUP_MEMORY = 100e6  # bytes of peak memory of the command's process
 STARTUP = ("check_command", "import_torch", "python_pass")
+EXPORTED = ("onnx", "gguf")
 FULL = {"vocab": 50257, "width": 768, "blocks": 7, "context": 1024, "rounds": 11}
 QUICK = {"vocab": 2000, "width": 256, "blocks": 2, "context": 128, "rounds": 1}
 
@@ -317,6 +328,98 @@ def compare(
     return ratios, goals
 
 
+def write_exported(folder: Path, shape: dict[str, int]) -> dict[str, Path]:
+    """The ONNX and GGUF files, each holding the vocabulary matrix twice."""
+    import gguf
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((shape["vocab"], shape["width"]), dtype=np.float32)
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1])
+    logits = helper.make_tensor_value_info(
+        "logits", TensorProto.FLOAT, [1, shape["vocab"]]
+    )
+    nodes = [
+        helper.make_node("Gather", ["wte.weight", "ids"], ["h"]),
+        helper.make_node("MatMul", ["h", "folded"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(matrix, "wte.weight"),
+        numpy_helper.from_array(np.ascontiguousarray(matrix.T), "folded"),
+    ]
+    graph = helper.make_graph(nodes, "tied", [ids], [logits], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    paths = {"onnx": folder / "model.onnx", "gguf": folder / "model.gguf"}
+    onnx.save(model, str(paths["onnx"]))
+    writer = gguf.GGUFWriter(str(paths["gguf"]), "llama")
+    writer.add_tensor("token_embd.weight", matrix)
+    writer.add_tensor("output.weight", matrix.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return paths
+
+
+READERS = {
+    "onnx": "import onnx, onnx.numpy_helper as h, sys; "
+    "[h.to_array(t) for t in onnx.load(sys.argv[1]).graph.initializer]",
+    "gguf": "import gguf, sys; "
+    "[t.data.sum() for t in gguf.GGUFReader(sys.argv[1]).tensors]",
+}
+
+
+def exported(folder: Path, shape: dict[str, int], rounds: int) -> dict[str, Any]:
+    """``weightshare check`` against the format's reader, as whole processes."""
+    paths = write_exported(folder, shape)
+    done = subprocess.run(
+        [sys.executable, __file__, "--exported-worker", str(folder), str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = json.loads(done.stdout)
+    result: dict[str, Any] = {}
+    for kind in EXPORTED:
+        runs = samples[kind]
+        assert all(run["status"] == 1 for run in runs["check"]), runs["check"]
+        assert all(run["status"] == 0 for run in runs["reader"]), runs["reader"]
+        medians = {
+            name: {
+                key: statistics.median(run[key] for run in runs[name])
+                for key in ("seconds", "peak_rss")
+            }
+            for name in runs
+        }
+        result[kind] = {
+            "file_bytes": paths[kind].stat().st_size,
+            "samples": runs,
+            "medians": medians,
+            "time_vs_reader": medians["check"]["seconds"]
+            / medians["reader"]["seconds"],
+        }
+    return result
+
+
+def exported_worker(folder: str, rounds: int) -> None:
+    """Run check and the reader on each exported file, in turns; print JSON."""
+    check = startup_commands(Path(folder) / "x")["check_command"][:-1]
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for kind in EXPORTED:
+        path = str(Path(folder) / f"model.{kind}")
+        commands = {
+            "check": [*check, path],
+            "reader": [sys.executable, "-c", READERS[kind], path],
+        }
+        samples[kind] = {"check": [], "reader": []}
+        for number in range(rounds):
+            for name in ("check", "reader") if number % 2 == 0 else ("reader", "check"):
+                samples[kind][name].append(run_process(commands[name]))
+    print(json.dumps(samples))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small file, one round")
@@ -324,12 +427,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="result folder")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "PATH"))
     parser.add_argument("--startup-worker", nargs=2, metavar=("PATH", "ROUNDS"))
+    parser.add_argument("--exported-worker", nargs=2, metavar=("FOLDER", "ROUNDS"))
     args = parser.parse_args(argv)
     if args.worker:
         worker(*args.worker)
         return 0
     if args.startup_worker:
         startup_worker(args.startup_worker[0], int(args.startup_worker[1]))
+        return 0
+    if args.exported_worker:
+        exported_worker(args.exported_worker[0], int(args.exported_worker[1]))
         return 0
     shape = QUICK if args.quick else FULL
     rounds = args.rounds or shape["rounds"]
@@ -348,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             for method in order:
                 samples[method].append(measure(method, path))
         started = startup(Path(tmp) / "small.safetensors", rounds)
+        sizes = {k: shape[k] for k in ("vocab", "width")}
+        formats = exported(Path(tmp), sizes, rounds)
     for method, runs in samples.items():
         for run in runs:
             assert run["found"] == [sorted(file["duplicate"])], (method, run["found"])
@@ -390,6 +499,16 @@ def main(argv: list[str] | None = None) -> int:
         f"weightshare check / import torch: {started['time_vs_import_torch']:.3f} of "
         f"the time; / python -c pass: {started['time_vs_python_pass']:.2f}"
     )
+    print("exported files, whole processes (median):")
+    for kind in EXPORTED:
+        m = formats[kind]["medians"]
+        print(
+            f"  {kind}: {formats[kind]['file_bytes'] / 1e6:.0f} MB; weightshare check "
+            f"{m['check']['seconds']:.2f} s, {m['check']['peak_rss'] / 1e6:.0f} MB; "
+            f"the format's reader {m['reader']['seconds']:.2f} s, "
+            f"{m['reader']['peak_rss'] / 1e6:.0f} MB; ratio "
+            f"{formats[kind]['time_vs_reader']:.2f}"
+        )
     result = {
         "benchmark": "check_speed",
         "schema": 2,
@@ -405,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "medians": medians,
         "ratios": ratios,
         "startup": started,
+        "exported": formats,
         "goals": goals,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return {name: version(name) for name in ("torch", "safetensors", "weightshare")}
+    names = ("torch", "safetensors", "onnx", "gguf", "weightshare")
+    return {name: version(name) for name in names}
 
 
 if __name__ == "__main__":

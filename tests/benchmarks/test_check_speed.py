@@ -36,3 +36,8 @@ def test_check_benchmark_runs_quick(tmp_path: Path) -> None:
     assert "import torch" in data["goals"][2]["goal"]
     assert "100 MB" in data["goals"][3]["goal"]
     assert "whole processes" in result.stdout
+    for kind in ("onnx", "gguf"):  # one exported file of each kind, found twice
+        exported = data["exported"][kind]
+        assert all(run["status"] == 1 for run in exported["samples"]["check"])
+        assert exported["time_vs_reader"] > 0
+    assert "exported files" in result.stdout

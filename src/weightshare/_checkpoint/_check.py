@@ -59,9 +59,14 @@ def check(
     ----------
     path : str or ``os.PathLike``
         A ``.safetensors`` file, a torch checkpoint (``.pt``, ``.pth``,
-        ``.bin``, ``.ckpt``) or a Hugging Face model folder (``config.json`` and
+        ``.bin``, ``.ckpt``), a Hugging Face model folder (``config.json`` and
         ``model.safetensors``, ``pytorch_model.bin`` or their sharded files with
-        the index).
+        the index), an ONNX model (``.onnx``, with its external data files; read
+        with ``onnx``, whose refusals it shares; initializers stored twice, also
+        transposed, are reported) or a GGUF file (``.gguf``; read with
+        ``gguf.GGUFReader``; an ``output.weight`` that copies
+        ``token_embd.weight``, or that is missing where llama.cpp requires it,
+        is reported).
     use_transformers : bool, default True
         For a folder: build the model with ``transformers`` when it is
         installed. With False, only the config flag is read.
@@ -120,9 +125,40 @@ def _read(path: Path, use_transformers: bool) -> tuple[Contents, Declared | None
         raise Unreadable("no such file or folder")
     if path.is_dir():
         return _read_folder(path, use_transformers)
-    if detect(path) == "safetensors":
+    kind = detect(path)
+    if kind == "safetensors":
         return _read_safetensors(path.parent, [path.name], "safetensors"), None
+    if kind == "onnx":
+        return _read_onnx(path), None
+    if kind == "gguf":
+        return _read_gguf(path), None
     return _read_torch(path.parent, [path.name], "torch"), None
+
+
+def _read_onnx(path: Path) -> Contents:
+    from ._onnx import read_onnx, transposed_pairs
+
+    entries, data = read_onnx(path)
+    stored = sum(entry.nbytes for entry in entries.values())
+    files = [path.name, *sorted({e.file for e in entries.values()} - {path.name})]
+    contents = Contents("onnx", files, entries, [], [], [], stored, data)
+    contents.transposed = transposed_pairs(entries, data)
+    return contents
+
+
+def _read_gguf(path: Path) -> Contents:
+    from ._gguf import read_gguf
+
+    data = MappedFiles()
+    try:
+        entries, gguf = read_gguf(path, data)
+    except BaseException:
+        data.close()
+        raise
+    stored = sum(entry.nbytes for entry in entries.values())
+    contents = Contents("gguf", [path.name], entries, [], [], [], stored, data)
+    contents.gguf = gguf
+    return contents
 
 
 def _read_safetensors(folder: Path, files: list[str], kind: str) -> Contents:
@@ -214,6 +250,17 @@ def _report(label: str, contents: Contents, declared: Declared | None) -> CheckR
     )
 
 
+def _gguf_method(architecture: str, ties: str) -> str:
+    arch = f"architecture {architecture!r}" if architecture else "no architecture"
+    how = {
+        "falls back": "llama.cpp uses token_embd.weight when output.weight is absent",
+        "requires output": "llama.cpp requires output.weight",
+        "unknown": "whether llama.cpp falls back to token_embd.weight is not known "
+        "here, so a missing output.weight is not judged",
+    }[ties]
+    return f"GGUF {arch}: {how}"
+
+
 def _method(contents: Contents, declared: Declared | None) -> str:
     parts = [declared.method] if declared else []
     if contents.recorded:
@@ -222,6 +269,13 @@ def _method(contents: Contents, declared: Declared | None) -> str:
         parts.append("ties recorded by safetensors.torch.save_model")
     if contents.kind == "torch" or contents.aliases or contents.views:
         parts.append("torch storage sharing")
+    if contents.kind == "onnx":
+        parts.append(
+            "ONNX initializers (the format records no ties): identical bytes, and "
+            "2-D pairs stored transposed"
+        )
+    if contents.gguf is not None:
+        parts.append(_gguf_method(contents.gguf.architecture, contents.gguf.ties))
     if not parts:
         parts.append(
             "safetensors header: no ties recorded (weightshare.save records them)"

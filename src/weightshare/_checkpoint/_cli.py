@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         "paths",
         nargs="+",
         metavar="PATH",
-        help="a .safetensors file, a torch checkpoint (.pt, .pth, .bin, .ckpt) or a "
-        "Hugging Face model folder",
+        help="a .safetensors file, a torch checkpoint (.pt, .pth, .bin, .ckpt), an "
+        "ONNX model (.onnx), a GGUF file (.gguf) or a Hugging Face model folder",
     )
     check.add_argument(
         "--json", action="store_true", help="print one JSON report instead of text"

@@ -9,7 +9,10 @@ differ (their bytes do), and a NaN equals the same NaN (its bytes are the same).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ._gguf import Gguf
 
 __all__ = ["STORED_ONCE", "Contents", "Data", "Entry"]
 
@@ -58,7 +61,7 @@ class Data(Protocol):
 class Contents:
     """Everything :func:`weightshare.check` needs from the input."""
 
-    kind: str  # "safetensors", "torch" or "huggingface"
+    kind: str  # "safetensors", "torch", "huggingface", "onnx" or "gguf"
     files: list[str]
     entries: dict[str, Entry]
     recorded: list[list[str]]  # groups in weightshare metadata
@@ -68,3 +71,5 @@ class Contents:
     data: Data
     dropped: dict[str, str] = field(default_factory=dict)  # save_model: gone -> kept
     bad_metadata: list[str] = field(default_factory=list)  # what is wrong with groups
+    transposed: list[list[str]] = field(default_factory=list)  # [a, b], b = a.T
+    gguf: Gguf | None = None  # a GGUF file's architecture

@@ -21,6 +21,7 @@ GROUPS_KEY = "weightshare.shared_groups"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 PICKLE_MAGIC = b"\x80"  # the legacy torch.save format: a pickle
+GGUF_MAGIC = b"GGUF"
 
 
 class Unreadable(Exception):
@@ -34,16 +35,20 @@ def one_line(err: BaseException) -> str:
 
 
 def sniff(head: bytes) -> str | None:
-    """``"safetensors"``, ``"torch"`` or None, from a file's first 9 bytes.
+    """``"safetensors"``, ``"torch"``, ``"gguf"`` or None, from the first 9 bytes.
+
+    An ONNX file (a protobuf message) has no magic number: only its suffix says.
 
     Examples
     --------
     >>> from weightshare._checkpoint._format import sniff
-    >>> sniff(bytes(8) + b"{"), sniff(b"PK\\x03\\x04"), sniff(b"")
-    ('safetensors', 'torch', None)
+    >>> sniff(bytes(8) + b"{"), sniff(b"PK\\x03\\x04"), sniff(b"GGUF"), sniff(b"")
+    ('safetensors', 'torch', 'gguf', None)
     """
     if head[8:9] == b"{":
         return "safetensors"
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
     if head[:4] == ZIP_MAGIC or head[:1] == PICKLE_MAGIC:
         return "torch"
     return None
@@ -62,13 +67,16 @@ def detect(path: Path) -> str:
         return "safetensors"
     if suffix in TORCH_SUFFIXES:
         return "torch"
+    if suffix in (".onnx", ".gguf"):
+        return suffix[1:]
     with open(path, "rb") as handle:
         found = sniff(handle.read(9))
     if found is None:
         raise Unreadable(
-            f"unknown format (suffix {suffix or 'none'!r}, and the content is neither "
-            "safetensors nor torch.save); give a .safetensors file, a torch checkpoint "
-            "(.pt, .pth, .bin, .ckpt) or a Hugging Face model folder"
+            f"unknown format (suffix {suffix or 'none'!r}, and the content is not "
+            "safetensors, torch.save or GGUF); give a .safetensors file, a torch "
+            "checkpoint (.pt, .pth, .bin, .ckpt), an .onnx or .gguf file or a Hugging "
+            "Face model folder"
         )
     return found
 

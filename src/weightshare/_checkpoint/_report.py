@@ -15,6 +15,8 @@ KINDS = {
     "safetensors": "safetensors file",
     "torch": "torch checkpoint",
     "huggingface": "Hugging Face folder",
+    "onnx": "ONNX model",
+    "gguf": "GGUF file",
 }
 
 
@@ -72,7 +74,9 @@ class TieInfo:
         ``safetensors.torch.save_model`` records), ``"storage"`` (one storage in
         a torch checkpoint), ``"views"`` (different views of one storage),
         ``"architecture"`` (the transformers model built from ``config.json``) or
-        ``"config"`` (the flag ``tie_word_embeddings``, names assumed).
+        ``"config"`` (the flag ``tie_word_embeddings``, names assumed) or
+        ``"gguf"`` (a GGUF architecture whose llama.cpp loader uses
+        ``token_embd.weight`` when ``output.weight`` is absent).
     saved : tuple of str
         The names of the group that the file holds; loading fills the others.
 
@@ -111,12 +115,16 @@ class Finding:
         model built from ``config.json``), ``"tie-missing"`` (a tie none of whose
         names is in the file), ``"untied-missing"`` (the config unties the
         output layer, which the file lacks), ``"missing"`` (other tensors of
-        the model that the file lacks and no tie fills) or ``"bad-metadata"``
-        (the groups :func:`weightshare.save` records cannot be read).
+        the model that the file lacks and no tie fills), ``"bad-metadata"``
+        (the groups :func:`weightshare.save` records cannot be read),
+        ``"transposed"`` (an ONNX initializer that is another one transposed)
+        or ``"output-missing"`` (a GGUF file without the ``output.weight`` its
+        architecture requires).
     names : tuple of str
         The tensors concerned.
     bytes : int
-        Bytes stored more than once (``"duplicate"``); 0 for the other kinds.
+        Bytes stored more than once (``"duplicate"``, ``"transposed"``); 0 for
+        the other kinds.
     message : str
         What is wrong.
     on_load : str
@@ -164,7 +172,8 @@ class CheckReport:
     path : str
         The path as given.
     kind : str
-        ``"safetensors"``, ``"torch"`` or ``"huggingface"`` (a model folder).
+        ``"safetensors"``, ``"torch"``, ``"huggingface"`` (a model folder),
+        ``"onnx"`` or ``"gguf"``.
     files : tuple of str
         The files read, relative to a folder.
     method : str
@@ -333,6 +342,10 @@ def _describe(tensor: TensorInfo) -> str:
 def _tie_line(tie: TieInfo) -> str:
     if tie.source == "storage":
         return f"{' = '.join(tie.names)} (one storage in the file)"
+    if tie.source == "gguf":
+        first, second = tie.names
+        saved = "saved" if second in tie.saved else "absent"
+        return f"{second} {saved}; llama.cpp uses {first} in its place when absent"
     if tie.source == "views":
         return f"{and_list(tie.names)} are different views of one storage in the file"
     where = {
@@ -340,6 +353,7 @@ def _tie_line(tie: TieInfo) -> str:
         "save_model": "recorded by safetensors.torch.save_model",
         "architecture": "declared by the architecture",
         "config": "assumed from the config flag",
+        "gguf": "llama.cpp falls back to the first",
     }[tie.source]
     if not tie.saved:
         saved = "none saved"

@@ -3,7 +3,9 @@
 Each rule is a function from what was read (:class:`._contents.Contents` and the
 folder's :class:`._hf.Declared`) to :class:`weightshare.Finding` objects;
 :func:`findings` runs them in order. A new kind of finding is one more function
-here, called from :func:`findings`, and one more line in ``Finding``'s docstring.
+here, called from :func:`findings`, and one more line in ``Finding``'s docstring;
+the rules that apply only to exported files (ONNX, GGUF) are in
+:mod:`._rules_export`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._contents import Contents, Data, Entry
+from ._gguf import EMBEDDING, OUTPUT
 from ._hf import Declared
 from ._report import Finding, and_list, size
+from ._rules_export import (
+    exported_duplicate,
+    gguf_duplicate,
+    output_missing,
+    transposed,
+)
 
 __all__ = ["CHECKED", "Tie", "findings", "ties"]
 
@@ -43,6 +52,13 @@ def ties(contents: Contents, declared: Declared | None) -> list[Tie]:
     found += [Tie(group, "save_model", by, group[0]) for group in kept.values()]
     found += [Tie(group, "storage", "one storage") for group in contents.aliases]
     found += [Tie(group, "views", "one storage") for group in contents.views]
+    gguf = contents.gguf
+    if gguf is not None and gguf.ties == "falls back" and EMBEDDING in contents.entries:
+        by = (
+            f"llama.cpp's {gguf.architecture!r} loader (it uses {EMBEDDING} as the "
+            f"output layer when {OUTPUT} is absent)"
+        )
+        found.append(Tie([EMBEDDING, OUTPUT], "gguf", by, EMBEDDING))
     if declared is not None:
         by = _declared_by(declared)
         for index, group in enumerate(declared.groups):
@@ -80,8 +96,13 @@ def findings(
         out.append(_untied_missing(name))
     if declared is not None and declared.missing:
         out.append(_missing(declared.missing))
+    out += output_missing(contents)
     duplicates, constant = _duplicates(contents)
-    out += [_duplicate(group, contents.entries, found) for group in duplicates]
+    if contents.gguf is not None and contents.gguf.ties == "requires output":
+        pair = {EMBEDDING, OUTPUT}  # the copy is what the loader needs
+        duplicates = [group for group in duplicates if set(group) != pair]
+    out += [_duplicate(group, contents, found) for group in duplicates]
+    out += [transposed(pair, contents.entries) for pair in contents.transposed]
     return out, constant
 
 
@@ -123,7 +144,7 @@ def _model_shapes(contents: Contents, declared: Declared | None) -> list[Finding
 def _tie_findings(
     tie: Tie, contents: Contents, declared: Declared | None, wrong: set[str]
 ) -> list[Finding]:
-    if tie.source in ("storage", "views") or set(tie.saved) & wrong:
+    if tie.source in ("storage", "views", "gguf") or set(tie.saved) & wrong:
         return []
     entries = contents.entries
     if not tie.saved:
@@ -319,15 +340,18 @@ def _identical(names: list[str], data: Data) -> list[list[str]]:
     return found
 
 
-def _duplicate(
-    group: list[str], entries: dict[str, Entry], found: list[Tie]
-) -> Finding:
+def _duplicate(group: list[str], contents: Contents, found: list[Tie]) -> Finding:
+    entries = contents.entries
     entry = entries[group[0]]
     wasted = entry.nbytes * (len(group) - 1)
     tie = next((t for t in found if set(group) <= set(t.names)), None)
     if tie is not None:
         group = sorted(group, key=tie.names.index)
     what = f"{entry.dtype} {list(entry.shape)}"
+    if tie is not None and tie.source == "gguf":
+        return gguf_duplicate(contents, what, wasted)
+    if tie is None and contents.kind in ("onnx", "gguf"):
+        return exported_duplicate(group, contents, what, wasted)
     if tie is None:
         message = (
             f"{and_list(group)} hold identical bytes ({what}), stored {len(group)} "
