@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "versions.py"
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
+import pytest  # noqa: E402
 import version_table  # noqa: E402
 
 
@@ -28,6 +29,7 @@ def _recorded() -> dict[str, object]:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # about 10 s of imports and tiny models; make test runs it
 def test_pinned_column_matches_a_live_run() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)
