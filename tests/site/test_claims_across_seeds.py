@@ -87,3 +87,10 @@ def test_transformer_claims(seed: int) -> None:
     assert page["tied_accuracy"] >= 0.99 and page["untied_accuracy"] >= 0.99
     first = page["first_below"]
     assert first["untied"] < first["tied"] < page["STEPS"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_resize_claims(seed: int) -> None:
+    page = run_page(EXAMPLES / "fix_adapt" / "plot_resize_vocabulary.py", seed)
+    assert page["random_rows"].min() > 0.99  # random new rows take the softmax
+    assert page["mean_rows"].max() < 4 / 16  # mean rows: at most an average token's
