@@ -15,9 +15,12 @@ way around it breaks: random rows, hand-made embeddings, an adapter on the old s
 # %%
 # The symptom: every prediction is a new token
 # --------------------------------------------
-# A trained GPT-2 scores every token of its vocabulary far below zero, and the
-# softmax does not care, because it ignores an offset shared by all scores
+# Users of a pre-trained GPT-2 met it after adding special tokens and resizing: the
+# model generated only the new tokens
 # (`transformers#8472 <https://github.com/huggingface/transformers/issues/8472>`_).
+# A model can score every token of its vocabulary far below zero, and the softmax
+# does not care, because it ignores an offset shared by all scores; a new row near
+# zero then scores far above them all.
 # The tiny model gets that property without changing one prediction: a bias in its
 # final LayerNorm, and all embedding rows shifted by the same amount. The LayerNorms
 # remove the shift from the inputs and the softmax removes it from the outputs.
