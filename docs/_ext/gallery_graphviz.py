@@ -8,8 +8,10 @@ Two hooks for sphinx-gallery, named in ``sphinx_gallery_conf`` by their dotted p
     ``torchviz.make_dot`` returns), it is rendered to an SVG file and shown in the
     page, as Jupyter would show it, instead of its repr text.
 ``gallery_graphviz.reset_seeds`` (in ``reset_modules``)
-    Seeds ``random``, NumPy and PyTorch before each example, so no example depends
-    on the ones built before it.
+    Seeds ``random``, NumPy and PyTorch before each example, and puts transformers'
+    logging back to its defaults (verbosity, handler) if a page that changed it
+    stopped on an error before restoring it, so no example depends on the ones
+    built before it.
 
 As an extension (``"gallery_graphviz"`` in ``extensions``) it checks, when the
 configuration is read, that a gallery using the scraper also hides the graphs' repr
@@ -38,7 +40,8 @@ _MISSING_DOT = (
 
 
 def reset_seeds(gallery_conf: Any, fname: str) -> None:
-    """Seed Python's ``random``, NumPy and PyTorch with ``SEED`` (0).
+    """Seed Python's ``random``, NumPy and PyTorch with ``SEED`` (0), and give
+    transformers' logging its defaults (:func:`reset_transformers_logging`).
 
     sphinx-gallery calls it before each example when it is listed in
     ``reset_modules``; the doctest setup calls it before each page.
@@ -53,6 +56,23 @@ def reset_seeds(gallery_conf: Any, fname: str) -> None:
     import torch
 
     torch.manual_seed(SEED)
+    reset_transformers_logging()
+
+
+def reset_transformers_logging() -> None:
+    """Give transformers' logging its defaults, if transformers is imported.
+
+    Pages silence it for a while (``set_verbosity_error``, a buffering handler) and
+    restore it at their end; a page stopped by an error leaves it changed.
+    """
+    import sys
+
+    if "transformers" not in sys.modules:
+        return
+    from transformers.utils import logging
+
+    logging.set_verbosity(logging._get_default_logging_level())
+    logging.enable_default_handler()
 
 
 def _is_graph(obj: object) -> bool:

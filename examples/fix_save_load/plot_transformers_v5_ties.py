@@ -100,8 +100,9 @@ silent = TinyLM(TinyConfig())
 # (`transformers#42507 <https://github.com/huggingface/transformers/pull/42507>`_):
 # whichever of the two names the checkpoint holds fills the other. When it holds
 # both with different values, the two are *not* tied, and transformers warns. The
-# helper ``save`` writes a state dict as a model folder; the page keeps the log
-# records and prints the warnings it discusses.
+# helper ``save`` writes a state dict as a model folder; ``load`` keeps the log
+# records while it loads (and puts transformers' logging back, even on an error)
+# and prints the warnings.
 import json
 import logging.handlers
 import tempfile
@@ -110,9 +111,6 @@ from pathlib import Path
 from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-buffer = logging.handlers.BufferingHandler(capacity=100)
-hf_logging.disable_default_handler()
-hf_logging.get_logger().addHandler(buffer)
 workdir = tempfile.TemporaryDirectory()
 sizes = dict(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
 config = GPT2Config(**sizes, bos_token_id=0, eos_token_id=0)
@@ -137,8 +135,14 @@ def save(state: dict[str, torch.Tensor], name: str, flag: bool | None) -> str:
 
 def load(folder: str) -> GPT2LMHeadModel:
     """``from_pretrained``, printing the first sentence of each warning it logs."""
-    buffer.flush()
-    loaded = GPT2LMHeadModel.from_pretrained(folder)
+    buffer = logging.handlers.BufferingHandler(capacity=100)
+    hf_logging.disable_default_handler()
+    hf_logging.get_logger().addHandler(buffer)
+    try:
+        loaded = GPT2LMHeadModel.from_pretrained(folder)
+    finally:  # logging as it was
+        hf_logging.get_logger().removeHandler(buffer)
+        hf_logging.enable_default_handler()
     for record in buffer.buffer:
         if record.levelno >= logging.WARNING:
             print(f"warning: {record.getMessage().split('. You')[0]}")
@@ -219,8 +223,6 @@ def llava(text_flag: bool, **top: bool) -> Llava:
 ignored = llava(True, tie_word_embeddings=False)
 obeyed = llava(False)
 workdir.cleanup()
-hf_logging.get_logger().removeHandler(buffer)  # logging as it was
-hf_logging.enable_default_handler()
 
 # %%
 # >>> ignored.lm_head.weight is ignored.get_input_embeddings().weight

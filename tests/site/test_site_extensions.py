@@ -777,3 +777,19 @@ def test_moved_pages_config_is_checked(moved: Any) -> None:
     config = types.SimpleNamespace(weightshare_moved_pages=moved)
     with pytest.raises(ConfigError, match="weightshare_moved_pages"):
         moved_pages.check_config(None, config)
+
+
+def test_reset_seeds_restores_transformers_logging() -> None:
+    # A page that silenced transformers and stopped on an error before restoring it.
+    from transformers.utils import logging
+
+    default = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_default_handler()
+    try:
+        gallery_graphviz.reset_seeds(None, "plot_next.py")
+        assert logging.get_verbosity() == default
+        assert logging._default_handler in logging._get_library_root_logger().handlers
+    finally:
+        logging.set_verbosity(default)
+        logging.enable_default_handler()
