@@ -181,6 +181,9 @@ lora = LoraConfig(r=2, target_modules=["q_proj"], **save)
 adapter_dir = tempfile.TemporaryDirectory()
 with warnings.catch_warnings(**quiet):
     adapted = get_peft_model(copy.deepcopy(tied), lora)  # tied: resized to 40 above
+    trained = adapted.get_input_embeddings().weight  # the adapter's own copy
+    with torch.no_grad():
+        trained.add_(0.5)  # stands for training: it differs from any base model's
     adapted.save_pretrained(adapter_dir.name)
 try:
     with warnings.catch_warnings(**quiet):
@@ -201,7 +204,7 @@ logging.set_verbosity(verbosity)
 # %%
 # >>> tuple(embedding.shape)
 # (40, 8)
-# >>> torch.equal(embedding, tied.model.embed_tokens.weight)
+# >>> torch.equal(embedding, trained)
 # True
 
 # %%
