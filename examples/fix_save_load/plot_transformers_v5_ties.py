@@ -166,6 +166,8 @@ both = load(save(untied_state, "both", True))
 # []
 # >>> torch.equal(both.lm_head.weight, untied_state[HEAD])
 # True
+# >>> torch.equal(both.transformer.wte.weight, untied_state[WTE])
+# True
 
 # %%
 # A config without the flag
