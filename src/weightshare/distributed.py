@@ -539,7 +539,9 @@ def _rank_main(
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
+        # start_processes swallows a KeyboardInterrupt (the rank exits with code
+        # 0), so without this record the error would read "exit code 0".
         text = (
             f"{type(err).__qualname__}: {err}" if str(err) else type(err).__qualname__
         )

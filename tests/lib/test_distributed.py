@@ -218,6 +218,19 @@ def test_a_rank_that_ends_without_a_result_while_the_others_succeed() -> None:
         wsd.run(leave_quietly, nprocs=1)
 
 
+def interrupted() -> None:
+    raise KeyboardInterrupt
+
+
+def test_a_keyboard_interrupt_in_a_rank_is_named() -> None:
+    # start_processes swallows it and the rank exits with code 0: the error must
+    # still say what happened, not "exit code 0".
+    with pytest.raises(wsd.RankFailedError) as info:
+        wsd.run(interrupted, nprocs=2)
+    assert info.value.error == "KeyboardInterrupt"
+    assert "exit code" not in str(info.value)
+
+
 def test_a_result_that_cannot_be_sent() -> None:
     with pytest.raises(wsd.RankFailedError) as info:
         wsd.run(unpicklable, nprocs=1)
