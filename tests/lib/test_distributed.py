@@ -550,3 +550,26 @@ def test_fsdp_units_shard_tied_models_for_real(monkeypatch: pytest.MonkeyPatch) 
         "between units": True,
         "root units": True,
     }
+
+
+def shard_random_tied_trees(seeds: list[int]) -> list[str]:
+    from test_fsdp import random_tied_tree
+    from torch.distributed.fsdp import fully_shard
+
+    outcomes = []
+    for seed in seeds:
+        model, listed = random_tied_tree(seed)
+        for unit in ws.fsdp_units(model, listed):
+            fully_shard(unit)
+        fully_shard(model)
+        model(torch.ones(2, 4)).sum().backward()
+        outcomes.append(f"{seed} ok")
+    return outcomes
+
+
+def test_fsdp_units_shard_random_tied_trees_for_real() -> None:
+    # Trees of test_fsdp.random_tied_tree; the first five failed in fully_shard or
+    # the forward before fsdp_units followed the ties of the modules it adds.
+    seeds = [1, 50, 51, 178, 181, 0, 2, 3]
+    first, second = wsd.run(shard_random_tied_trees, nprocs=2, args=(seeds,))
+    assert first == second == [f"{seed} ok" for seed in seeds]
