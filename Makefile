@@ -82,7 +82,7 @@ linkcheck: html  ## check links and anchors offline; list the external links
 
 # Two pytest workers (pytest-xdist), one thread each. mypy keeps its cache in
 # .mypy_cache (filled when .venv is made), so its test re-checks only what changed.
-check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
+check: $(STAMP)  ## tests/lib, tests/benchmarks and doctests, less those marked slow
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" \
 	  -n 2 --dist worksteal tests/lib tests/benchmarks src/weightshare
 

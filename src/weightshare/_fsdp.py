@@ -31,9 +31,10 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
 
     A parameter counts for the innermost listed module around each of its names.
     When a tie also reaches a module that is not listed (``lm_head`` left out
-    above), the module that holds that name joins the unit; when the model's root
-    holds it directly, the tied modules are left out, so that the last call,
-    ``fully_shard(model)``, shards them with the root. A unit made of a module and
+    above), the module that holds that name joins the unit, and so does what
+    its own parameters are tied to; when the model's root holds it directly, the
+    tied modules are left out, so that the last call, ``fully_shard(model)``,
+    shards them with the root. A unit made of a module and
     modules inside it becomes the outer module alone, and it comes after the
     units inside it: ``fully_shard`` manages every module below the ones it is
     given, except those sharded before. Units that would each have to come
