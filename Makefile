@@ -88,6 +88,8 @@ versions: $(STAMP)  ## run the failures' reproductions under old releases (not i
 check: $(STAMP)  ## tests/lib, tests/benchmarks and doctests, less those marked slow
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" \
 	  -n 2 --dist worksteal tests/lib tests/benchmarks src/weightshare
+	@# pytest-xdist's summary does not count the deselected tests: say so here.
+	@echo "make check left out the tests marked slow; make test runs them."
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12
