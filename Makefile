@@ -25,6 +25,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
 	  --no-build-isolation -e .
+	@# mypy's first run reads the installed torch (about 45 s); later runs reuse
+	@# .mypy_cache. Filled here, where the packages change, not in `make check`.
+	-@$(PY) -m mypy > /dev/null
 	@touch $(STAMP)
 
 # $(call apt-or-explain,WHAT,PACKAGES,OTHER WAYS): install Debian PACKAGES with apt
@@ -77,8 +80,11 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	@$(PY) -c "import json; [print('  ' + r['uri']) for r in map(json.loads, \
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
 
+# Two pytest workers (pytest-xdist), one thread each. mypy keeps its cache in
+# .mypy_cache (filled when .venv is made), so its test re-checks only what changed.
 check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/lib tests/benchmarks
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" \
+	  -n 2 --dist worksteal tests/lib tests/benchmarks src/weightshare
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12

@@ -6,15 +6,15 @@ Moving or converting a model unties it
 (`pytorch/xla#7042 <https://github.com/pytorch/xla/issues/7042>`_), *"Weight tying
 is broken on TPUs leading to silent errors"* (`Lightning#2705
 <https://github.com/Lightning-AI/pytorch-lightning/issues/2705>`_), or a parameter
-count that doubles after ``.half()``. ``Module.to()``, ``.half()``, ``.double()``
-and ``to_empty()`` convert each module's parameters one at a time. A tie survives
-only while the conversion keeps each :class:`~torch.nn.Parameter` *object*; where
-it makes a new one, it makes one per name. On torch 2.13 that happens with
-``torch.__future__.set_overwrite_module_params_on_conversion(True)`` and, with no
-flag at all, on a move between tensor types that cannot take each other's data
-(the meta device here). This page shows both, then two fixes: tie again after
-the move, or ``set_swap_module_params_on_conversion(True)``, which keeps every
-Parameter object.
+count that grows after ``.to()`` or ``.half()``. ``Module.to()``, ``.half()``,
+``.double()`` and ``to_empty()`` convert each module's parameters one at a time. A
+tie survives only while the conversion keeps each :class:`~torch.nn.Parameter`
+*object*; where it makes a new one, it makes one per name. On torch 2.13 that
+happens with ``torch.__future__.set_overwrite_module_params_on_conversion(True)``
+and, with no flag at all, on a move between tensor types that cannot take each
+other's data (the meta device here). This page shows both, then two fixes: tie
+again after the move, or ``set_swap_module_params_on_conversion(True)``, which
+keeps every Parameter object.
 """
 
 # %%
@@ -130,8 +130,9 @@ with flags(overwrite=True):
 # to the meta device takes the new-Parameter branch even with both flags off.
 # (``to_empty()``, which materialises a meta model, is the same branch in reverse:
 # :doc:`/auto_examples/fix_build/plot_meta_device_init`.) The XLA reports above
-# describe this outcome for ``model.to(xla_device)``, more parameters after the
-# move, and quote PyTorch/XLA's advice: tie the weights after moving.
+# describe this outcome for ``model.to(xla_device)``: more parameters after the
+# move (pytorch/xla#7042), and tensors copied rather than shared unless tied after
+# the move, as Lightning#2705 quotes PyTorch/XLA's troubleshooting guide.
 cpu = torch.zeros(1)
 compatible = [
     torch._has_compatible_shallow_copy_type(cpu, other)
@@ -153,14 +154,19 @@ model.to("meta")
 # Record the ties before the move (:class:`weightshare.TieGuard`, or
 # :func:`weightshare.shared_groups`), check after it, and tie again with
 # :func:`weightshare.retie` (in transformers, ``model.tie_weights()``). The
-# guard's report, produced live:
+# guard's report, produced live, names the cause: both names were replaced, not
+# one of them.
+report = ""
 try:
     guard.check()
 except weightshare.BrokenTieError as err:
-    print(str(err).split(". Likely cause")[0])
+    report = str(err)
+    print(report)
 weightshare.retie(model, guard.groups)
 
 # %%
+# >>> "every name now holds a new Parameter" in report
+# True
 # >>> guard.broken(), len(list(model.parameters()))
 # ([], 2)
 
@@ -187,6 +193,12 @@ for label, move in {
 # %%
 # >>> swapped
 # {'to meta': (1, True), 'double, overwrite on': (1, True)}
+#
+# and ``flags()`` has put both global flags back, so later code converts as before:
+#
+# >>> (torch.__future__.get_overwrite_module_params_on_conversion(),
+# ...  torch.__future__.get_swap_module_params_on_conversion())
+# (False, False)
 
 # %%
 # Conclusion

@@ -2,8 +2,8 @@
 Scaling a tied embedding
 ========================
 
-Log-likelihoods around −1000, yes/no scores of exactly 1 and 0, a loss in the
-hundreds, while greedy generation picks the same tokens as before: what a Gemma
+Log-likelihoods around −1000, yes/no scores of exactly 1 and 0, a loss many times
+too high, while greedy generation picks the same tokens as before: what a Gemma
 port met (`tensai#248 <https://github.com/mattn/tensai/pull/248>`_: logits about 34
 times too large on Gemma 3's 1B model) after folding Gemma's √d embedding scale
 into the embedding table. A tied matrix has two uses, and a factor that belongs to
@@ -128,7 +128,8 @@ t5 = T5ForConditionalGeneration(
     T5Config(vocab_size=64, d_model=512, d_kv=16, d_ff=64, num_layers=1, num_heads=2)
 ).eval()
 source = inspect.getsource(T5ForConditionalGeneration.forward).splitlines()
-print(*(line.strip() for line in source if "scale_decoder_outputs" in line), sep="\n")
+at = next(i for i, line in enumerate(source) if "scale_decoder_outputs" in line)
+print(textwrap.dedent("\n".join(source[at : at + 2])))
 
 # %%
 # >>> for name in weightshare.shared_groups(t5)[0]:
@@ -156,9 +157,20 @@ with torch.no_grad():
         input_ids=tokens, decoder_input_ids=decoder_tokens
     ).logits
     shrink = t5.shared(tokens).norm() / t5_folded.shared(tokens).norm()
+    encoded = t5_folded.encoder(input_ids=tokens).last_hidden_state
+    decoded = t5_folded.decoder(
+        input_ids=decoder_tokens, encoder_hidden_states=encoded
+    ).last_hidden_state  # the decoder's output, before any scale
+    as_before = t5.lm_head(decoded * 512**-0.5)
+    head_as_before = torch.allclose(t5_folded_logits, as_before, atol=1e-5)
 agree = (t5_folded_logits.argmax(-1) == t5_logits.argmax(-1)).sum().item()
 
 # %%
+# For the decoder output it gets, the folded head computes what T5's head computes
+# after the d^-1/2; the embeddings are what shrank:
+#
+# >>> head_as_before
+# True
 # >>> round(shrink.item(), 2), round(512**0.5, 2)
 # (22.63, 22.63)
 # >>> agree, t5_logits.argmax(-1).numel()
@@ -190,11 +202,17 @@ extra = (
 
 # %%
 # Both give the correct logits again (the repaired one to rounding: ×√d then ÷√d
-# is not exact in float32); the untied one costs V·d parameters more:
+# is not exact in float32), the untied one from the pre-scaled table the runtime
+# wanted (the folded table, with no per-token factor) while its head keeps the
+# unscaled matrix; it costs V·d parameters more:
 #
 # >>> (repaired_logits - logits).abs().max() < 1e-5
 # tensor(True)
 # >>> torch.allclose(untied_logits, logits)
+# True
+# >>> torch.equal(untied.model.embed_tokens.weight, folded.model.embed_tokens.weight)
+# True
+# >>> torch.equal(untied.lm_head.weight, gemma.lm_head.weight)
 # True
 # >>> weightshare.shared_groups(untied), extra == 64 * 1152
 # ([], True)

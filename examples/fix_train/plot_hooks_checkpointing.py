@@ -239,9 +239,9 @@ tied_calls = [tied_hook_calls(head_inside) for head_inside in (False, True)]
 # A gradient hook on a shared weight gets one call with the sum in plain autograd
 # and with ``use_reentrant=False``, but one call per checkpointed use under
 # reentrant checkpointing: ``.grad`` still adds up, but a clamp lets up to twice
-# the limit through and DDP and ZeRO-2 stop. Pass ``use_reentrant=False`` where a
-# shared weight is used inside a checkpoint (the fix the reporter of
-# `pytorch#81296 <https://github.com/pytorch/pytorch/issues/81296>`_ confirmed).
+# the limit through and DDP and ZeRO-2 stop (the difference reported in
+# `pytorch#81296 <https://github.com/pytorch/pytorch/issues/81296>`_). Pass
+# ``use_reentrant=False`` where a shared weight is used inside a checkpoint.
 # DDP's error with two processes, and ``static_graph=True`` as a second fix, are
 # on :doc:`/auto_examples/fix_distribute/plot_ddp_tied`.
 #

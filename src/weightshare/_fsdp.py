@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from torch import nn
@@ -34,8 +35,14 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
     holds it directly, the tied modules are left out, so that the last call,
     ``fully_shard(model)``, shards them with the root. A unit made of a module and
     modules inside it becomes the outer module alone, and it comes after the
-    units inside it (FSDP2 shards inner modules first). No process group is
-    needed: only the model's structure is read.
+    units inside it: ``fully_shard`` manages every module below the ones it is
+    given, except those sharded before. Units that would each have to come
+    first, because each holds a module of the other (``a`` holds ``b``, ``d``
+    holds ``e``, with ``a`` tied to ``e`` and ``b`` to ``d``; or a listed module
+    between two tied ones), are merged into one unit, here ``[a, d]``: in any
+    order, the first would take a parameter of the second. A unit holding a
+    module whose tie is left to the root is left to the root too. No process
+    group is needed: only the model's structure is read.
 
     Parameters
     ----------
@@ -74,8 +81,24 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
     [[Embedding(16, 8), Linear(in_features=8, out_features=16, bias=False)]]
     """
     listed = _check(model, list(modules))
+    nodes, sets = _tie_sets(model, listed)
+    _merge_cycles(nodes, sets)
+    groups = sets.groups()
+    root = next((g for g in groups if any(nodes[i] is model for i in g)), None)
+    kept = [g for g in groups if g is not root]  # the root's set is left to the root
+    return [_unit(nodes, group) for group in _order(nodes, kept)]
+
+
+def _tie_sets(
+    model: nn.Module, listed: list[nn.Module]
+) -> tuple[list[nn.Module], UnionFind[int]]:
+    """The modules involved, and sets of their indices joining those that share.
+
+    ``nodes`` is ``listed``, then the modules that hold a tied name no listed module
+    holds (the model itself when it holds one directly).
+    """
     paths = _paths(model, listed)
-    holders: dict[int, list[int]] = {}  # id(parameter) -> indices into `listed`
+    holders: dict[int, list[int]] = {}  # id(parameter) -> indices into `nodes`
     outside: dict[int, list[str]] = {}  # id(parameter) -> names no listed module holds
     for name, param in named(model):
         index = _holder(name, paths)
@@ -83,22 +106,69 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
             outside.setdefault(id(param), []).append(name)
         elif index not in holders.setdefault(id(param), []):
             holders[id(param)].append(index)
-    extra: list[nn.Module] = []  # holders of outside names that join a unit
+    nodes = list(listed)
     sets: UnionFind[int] = UnionFind(range(len(listed)))
-    dropped: set[int] = set()
     for key, indices in holders.items():
-        owners = [_owner(model, name) for name in outside.get(key, [])]
-        if any(owner is model for owner in owners):
-            dropped.update(indices)  # the root holds it: leave the tie to the root
-            continue
-        for owner in owners:
-            if all(owner is not m for m in extra):
-                extra.append(owner)
-                sets.add(len(listed) + len(extra) - 1)
-            indices = [*indices, _index(owner, listed, extra)]
+        for name in outside.get(key, []):
+            indices = [*indices, _node(_owner(model, name), nodes, sets)]
         for index in indices[1:]:
             sets.union(indices[0], index)
-    return _order(_groups(listed + extra, sets, dropped))
+    return nodes, sets
+
+
+def _node(module: nn.Module, nodes: list[nn.Module], sets: UnionFind[int]) -> int:
+    """The index of ``module`` in ``nodes`` (by identity), appended when missing."""
+    for index, node in enumerate(nodes):
+        if node is module:
+            return index
+    nodes.append(module)
+    sets.add(len(nodes) - 1)
+    return len(nodes) - 1
+
+
+def _merge_cycles(nodes: list[nn.Module], sets: UnionFind[int]) -> None:
+    """Join the sets that must each be sharded before the other.
+
+    ``fully_shard`` manages every module below the ones it is given, except
+    those sharded before, so a set must be sharded before any set holding one
+    of its modules. When two sets each hold a module of the other (``a`` holds
+    ``b``, ``d`` holds ``e``, with ``a`` tied to ``e`` and ``b`` to ``d``), or a
+    chain of sets comes back to its start, no order works: they become one set.
+    The model itself holds every module, so a set holding a module of the
+    root's set joins the root's.
+    """
+    groups = sets.groups()
+    before = _before(nodes, groups)
+    reach = [_reachable(before, g) for g in range(len(groups))]
+    for g, h in itertools.combinations(range(len(groups)), 2):
+        if h in reach[g] and g in reach[h]:
+            sets.union(groups[g][0], groups[h][0])
+
+
+def _before(nodes: list[nn.Module], groups: list[list[int]]) -> list[set[int]]:
+    """For each set, the sets that must be sharded before it (that it holds)."""
+    inside = [{id(m) for m in node.modules() if m is not node} for node in nodes]
+    return [
+        {
+            h
+            for h, other in enumerate(groups)
+            if h != g and any(id(nodes[j]) in inside[i] for i in group for j in other)
+        }
+        for g, group in enumerate(groups)
+    ]
+
+
+def _reachable(edges: list[set[int]], start: int) -> set[int]:
+    """The indices reached from ``start`` by following ``edges`` (not ``start``
+    itself unless a cycle leads back to it)."""
+    seen: set[int] = set()
+    todo = list(edges[start])
+    while todo:
+        g = todo.pop()
+        if g not in seen:
+            seen.add(g)
+            todo.extend(edges[g])
+    return seen
 
 
 def _check(model: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
@@ -154,47 +224,33 @@ def _owner(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name.rpartition(".")[0])
 
 
-def _index(module: nn.Module, listed: list[nn.Module], extra: list[nn.Module]) -> int:
-    """Position of ``module`` in ``listed + extra`` (by identity)."""
-    every = listed + extra
-    return next(i for i, m in enumerate(every) if m is module)
+def _order(nodes: list[nn.Module], groups: list[list[int]]) -> list[list[int]]:
+    """The sets in the given order, each after the sets it holds a module of.
+
+    ``groups`` has no cycles (see :func:`_merge_cycles`), so the search ends.
+    """
+    before = _before(nodes, groups)
+    done: list[int] = []
+
+    def visit(g: int) -> None:
+        if g not in done:
+            for h in sorted(before[g]):
+                visit(h)
+            done.append(g)
+
+    for g in range(len(groups)):
+        visit(g)
+    return [groups[g] for g in done]
 
 
-def _groups(
-    modules: list[nn.Module], sets: UnionFind[int], dropped: set[int]
-) -> list[list[nn.Module]]:
-    """Modules grouped by their set, in order of first module; outer modules only."""
-    dropped_roots = {sets.find(i) for i in dropped}
-    groups: dict[int, list[nn.Module]] = {}
-    for i, module in enumerate(modules):
-        root = sets.find(i)
-        if root not in dropped_roots:
-            groups.setdefault(root, []).append(module)
-    return [_outermost(group) for group in groups.values()]
-
-
-def _outermost(group: list[nn.Module]) -> list[nn.Module]:
-    """The modules of ``group`` that no other module of ``group`` contains."""
-    return [m for m in group if not any(o is not m and _contains(o, m) for o in group)]
+def _unit(nodes: list[nn.Module], group: list[int]) -> Unit:
+    """The modules of ``group`` that no other module of it holds: one, or a list."""
+    modules = [nodes[i] for i in group]
+    outer = [
+        m for m in modules if not any(o is not m and _contains(o, m) for o in modules)
+    ]
+    return outer[0] if len(outer) == 1 else outer
 
 
 def _contains(outer: nn.Module, inner: nn.Module) -> bool:
     return any(sub is inner for sub in outer.modules())
-
-
-def _order(groups: list[list[nn.Module]]) -> list[Unit]:
-    """Units in the given order, each after the units nested inside it."""
-    done: list[list[nn.Module]] = []
-
-    def visit(group: list[nn.Module]) -> None:
-        if any(group is g for g in done):
-            return
-        for other in groups:
-            nested = any(_contains(o, m) for o in group for m in other)
-            if other is not group and nested:
-                visit(other)
-        done.append(group)
-
-    for group in groups:
-        visit(group)
-    return [group[0] if len(group) == 1 else group for group in done]

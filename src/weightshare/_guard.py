@@ -10,6 +10,7 @@ TieGuard(groups=[['a.weight', 'b.weight']])
 
 from __future__ import annotations
 
+import weakref
 from types import TracebackType
 
 import torch
@@ -21,6 +22,8 @@ from ._groups import shared_groups
 from ._names import Miss, lookup, named, owner
 
 __all__ = ["TieGuard"]
+
+Recorded = weakref.ReferenceType[nn.Parameter]
 
 FIX = (
     "Fix: weightshare.retie(model, guard.groups) ties each group to its first "
@@ -42,6 +45,15 @@ CAUSE_COPY = (
     "of a submodule, or assigning a new nn.Parameter"
 )
 CAUSE_NEW = "a new parameter was created for one side"
+CAUSE_EVERY_NAME_NEW = (
+    "every name now holds a new Parameter, so the model was converted or reloaded "
+    "name by name: Module.to() / .half() / .double() under "
+    "torch.__future__.set_overwrite_module_params_on_conversion(True), a move to a "
+    "device whose tensors cannot take the old data in place (meta, XLA), or "
+    "load_state_dict(..., assign=True); tie after the move, or set "
+    "torch.__future__.set_swap_module_params_on_conversion(True), which keeps the "
+    "Parameter objects"
+)
 CAUSE_META_REPLACED = (
     "one side was replaced by another Parameter (its values cannot be compared "
     "on the meta device)"
@@ -56,8 +68,11 @@ class TieGuard:
     model still runs, but the two sides train apart. Common causes are
     ``model.to_empty()`` after building on the meta device,
     ``load_state_dict(sd, assign=True)``, :func:`torch.nn.utils.weight_norm` or
-    another parametrization, and assigning a ``copy.deepcopy`` of a submodule.
-    A guard remembers :func:`shared_groups` (and each group's device) at
+    another parametrization, assigning a ``copy.deepcopy`` of a submodule, and a
+    conversion that makes a new Parameter per name (``Module.to()`` under
+    ``torch.__future__.set_overwrite_module_params_on_conversion(True)``, or a move
+    to the meta device or XLA).
+    A guard remembers :func:`shared_groups` (and each group's device and object) at
     construction; :meth:`check` raises :class:`BrokenTieError` explaining
     what broke and the likely cause.
 
@@ -105,6 +120,9 @@ again (or call the model's own tie_weights()).
         self._groups = shared_groups(model)
         params = dict(named(model))
         self._devices = [params[group[0]].device for group in self._groups]
+        # The recorded objects, weakly: a group none of whose names holds its object
+        # any more was replaced on every side (a conversion), not on one.
+        self._objects = [weakref.ref(params[group[0]]) for group in self._groups]
 
     @property
     def groups(self) -> list[list[str]]:
@@ -165,16 +183,18 @@ again (or call the model's own tie_weights()).
 than 'a.weight'. Likely cause: a copy replaced one side: ...
         """
         broken = [
-            (group, device)
-            for group, device in zip(self._groups, self._devices, strict=True)
+            (group, device, recorded)
+            for group, device, recorded in zip(
+                self._groups, self._devices, self._objects, strict=True
+            )
             if not self._intact(group)
         ]
         if broken:
-            raise BrokenTieError(self._message(broken), [g for g, _ in broken])
+            raise BrokenTieError(self._message(broken), [g for g, _, _ in broken])
 
-    def _message(self, broken: list[tuple[list[str], torch.device]]) -> str:
+    def _message(self, broken: list[tuple[list[str], torch.device, Recorded]]) -> str:
         lines = [f"{len(broken)} of {len(self._groups)} recorded tie group(s) broken:"]
-        lines += [self._explain(group, device) for group, device in broken]
+        lines += [self._explain(*entry) for entry in broken]
         undo = any(CAUSE_PARAMETRIZATION in line for line in lines)
         return "\n".join([*lines, FIX_AFTER_UNDO if undo else FIX])
 
@@ -198,7 +218,9 @@ than 'a.weight'. Likely cause: a copy replaced one side: ...
         found = [lookup(self._model, name) for name in group]
         return all(isinstance(p, nn.Parameter) and p is found[0] for p in found)
 
-    def _explain(self, group: list[str], device: torch.device) -> str:
+    def _explain(
+        self, group: list[str], device: torch.device, recorded: Recorded
+    ) -> str:
         found = [(name, lookup(self._model, name)) for name in group]
         params = [(n, p) for n, p in found if isinstance(p, nn.Parameter)]
         facts = [_gone(name, miss) for name, miss in found if isinstance(miss, Miss)]
@@ -209,11 +231,15 @@ than 'a.weight'. Likely cause: a copy replaced one side: ...
                 for name, p in params[1:]
                 if p is not ref
             ]
-        cause = self._cause(group, [p for _, p in params], device)
+        cause = self._cause(group, [p for _, p in params], device, recorded())
         return f"- {group}: {'; '.join(facts)}. Likely cause: {cause}."
 
     def _cause(
-        self, group: list[str], params: list[nn.Parameter], device: torch.device
+        self,
+        group: list[str],
+        params: list[nn.Parameter],
+        device: torch.device,
+        recorded: nn.Parameter | None,
     ) -> str:
         gone = [
             name
@@ -227,6 +253,8 @@ than 'a.weight'. Likely cause: a copy replaced one side: ...
         distinct = list({id(p): p for p in params}.values())
         if len(distinct) < 2:
             return CAUSE_GONE
+        if len(params) == len(group) and all(p is not recorded for p in params):
+            return CAUSE_EVERY_NAME_NEW
         if any(p.device.type == "meta" for p in distinct):
             return CAUSE_META_REPLACED
         if all(_same_values(distinct[0], p) for p in distinct[1:]):

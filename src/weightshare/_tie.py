@@ -229,8 +229,20 @@ def _transposed_site(model: nn.Module, name: str) -> tuple[nn.Module, str] | Non
     return found if is_ours else None
 
 
-def _is_shared(model: nn.Module, param: nn.Parameter) -> bool:
-    return sum(p is param for _, p in named(model)) > 1
+def _transposed_uses(
+    model: nn.Module, param: nn.Parameter
+) -> list[tuple[nn.Module, str]]:
+    """``(module, attr)`` of each transposed tie made by :func:`tie` from ``param``.
+
+    One entry per name under which the model reaches the tie, so a module reused
+    at two places counts twice (as its names do in ``named_parameters``).
+    """
+    found = []
+    for name, p in named(model):
+        site = _transposed_site(model, name) if p is param else None
+        if site is not None:
+            found.append(site)
+    return found
 
 
 def untie(model: nn.Module, name: str) -> nn.Parameter:
@@ -238,12 +250,17 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
 
     The new parameter is ``nn.Parameter(p.detach().clone(),
     requires_grad=p.requires_grad)``: same values now, separate from then on.
-    The other names keep the original object. For a transposed tie made by
-    ``tie(..., transpose=True)``, pass either the parametrized name
-    (``"dec.weight"``) or its original
-    (``"dec.parametrizations.weight.original"``): the parametrization is removed
-    and ``dec.weight`` becomes a plain parameter of its own shape holding the
-    current transposed value, also when the source was untied first.
+    The other names keep the original object.
+
+    A transposed tie made by ``tie(model, "dec.weight", "enc.weight",
+    transpose=True)`` is undone by any of its names: the parametrized one
+    (``"dec.weight"``), its original (``"dec.parametrizations.weight.original"``)
+    or the source (``"enc.weight"``). The parametrization is removed,
+    ``dec.weight`` becomes a plain parameter of its own shape holding the current
+    transposed value, and ``enc.weight`` keeps its Parameter, so the model's
+    state dict has the keys and shapes of one that was never tied. When the
+    source is also tied plainly to other names, untying it gives it its own
+    copy instead, and the transposed tie stays with those names.
 
     Parameters
     ----------
@@ -280,20 +297,27 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
 
     >>> model = nn.ModuleDict({"enc": nn.Linear(6, 3), "dec": nn.Linear(3, 6)})
     >>> _ = ws.tie(model, "dec.weight", "enc.weight", transpose=True)
-    >>> ws.untie(model, "dec.weight").shape
-    torch.Size([6, 3])
-    >>> ws.shared_groups(model)
-    []
+    >>> ws.untie(model, "enc.weight").shape  # or "dec.weight": the same result
+    torch.Size([3, 6])
+    >>> ws.shared_groups(model), model.dec.weight.shape
+    ([], torch.Size([6, 3]))
+    >>> sorted(model.state_dict())  # as if never tied
+    ['dec.bias', 'dec.weight', 'enc.bias', 'enc.weight']
     """
     site = _transposed_site(model, name)
     if site is not None:
         return _untie_transposed(*site)
     param = get_parameter(model, name, "name")
-    if not _is_shared(model, param):
-        return param
-    new = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
-    set_parameter(model, name, new)
-    return new
+    sites = _transposed_uses(model, param)
+    others = [n for n, p in named(model) if p is param and n != name]
+    if len(others) > len(sites):  # tied plainly too: only ``name`` leaves the tie
+        new = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+        set_parameter(model, name, new)
+        return new
+    for module, attr in sites:
+        if parametrize.is_parametrized(module, attr):  # once for a reused module
+            _untie_transposed(module, attr)
+    return param
 
 
 def _untie_transposed(module: nn.Module, attr: str) -> nn.Parameter:

@@ -24,37 +24,32 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import math
-import multiprocessing
 import os
 import pickle
 import signal
 import socket
-import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.multiprocessing.spawn import (
+    ProcessContext,
+    ProcessException,
+    start_processes,
+)
 
 __all__ = ["RankFailedError", "all_reduce_tied_grads", "device", "rank_spread", "run"]
 
 T = TypeVar("T")
 
-#: Seconds a finished rank may take to leave its process group and exit before it is
-#: killed, and that :func:`run` waits for a killed rank to be gone.
-GRACE = 5.0
-#: Seconds the other ranks may take to report after a first rank has failed.
+#: Seconds the other ranks may take to end by themselves after a first rank has
+#: failed, before they are stopped (SIGTERM, then SIGKILL after as long again).
 FAILURE_GRACE = 0.5
-_LOG_TAIL = 20  # lines of a rank's output quoted when it dies without a traceback
 
 
 class RankFailedError(RuntimeError):
@@ -70,7 +65,8 @@ class RankFailedError(RuntimeError):
     error : str
         Its exception as ``"Type: message"``, or how the process ended.
     details : str
-        The rank's traceback, or the last lines it printed when it died without one.
+        The rank's traceback; empty when its process ended without one (what the
+        rank printed went to this process's standard output and error).
 
     Examples
     --------
@@ -111,14 +107,19 @@ def run(
 ) -> list[T]:
     """Call ``worker(*args)`` in ``nprocs`` processes that form one process group.
 
-    The processes are forked from this one, so ``worker`` may be any function,
-    including one defined in a notebook or a script's ``__main__``, and the ranks
-    inherit the modules imported so far. Each rank gets the environment variables
-    ``torchrun`` would set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    The processes are forked from this one by
+    :func:`torch.multiprocessing.start_processes`, so ``worker`` may be any
+    function, including one defined in a notebook or a script's ``__main__``, and
+    the ranks inherit the modules imported so far. Each rank gets the environment
+    variables ``torchrun`` would set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``, ``MASTER_PORT`` on a free port chosen now) and
     ``OMP_NUM_THREADS=1``, uses one thread, and joins the gloo process group before
-    ``worker`` is called. What a rank prints goes to a log file, quoted in the error
-    if that rank dies without a traceback. Before forking, this imports
+    ``worker`` is called; after it returns, the ranks wait for each other and
+    leave the group, unless ``worker`` left it itself
+    (``dist.destroy_process_group()``, as scripts written for ``torchrun`` end).
+    What a rank prints goes to this process's standard output and error. The
+    ranks end when this process ends, also while they wait inside a collective.
+    Before forking, this imports
     ``torch._dynamo`` (1 to 2 s, once per process), which
     :class:`~torch.nn.parallel.DistributedDataParallel` imports on construction:
     imported here, it is shared by the ranks instead of imported by each.
@@ -151,10 +152,10 @@ def run(
     ------
     RankFailedError
         If a rank raises, or its process ends before returning a result; the other
-        ranks are killed first.
+        ranks are stopped first.
     TimeoutError
-        If the ranks have not all returned within ``timeout`` seconds; all are
-        killed first.
+        If the ranks have not all returned within ``timeout`` seconds; its message
+        names the ranks that had not. All are stopped first.
     ValueError
         If ``nprocs`` is less than 1 or ``timeout`` is not positive.
 
@@ -328,14 +329,21 @@ def _run_here(worker: Callable[..., T], args: Sequence[Any]) -> list[T]:
 # -- forked ranks --------------------------------------------------------------------
 
 
-@dataclass
-class _Rank:
-    """A forked rank as the parent sees it."""
+@dataclass(frozen=True)
+class _Job:
+    """What every forked rank needs, and where it leaves its outcome."""
 
-    rank: int
-    process: BaseProcess
-    reader: Connection
-    log: str
+    worker: Callable[..., Any]
+    args: Sequence[Any]
+    world_size: int
+    port: int
+    timeout: float
+    folder: str
+    parent: int
+
+    def outcome(self, rank: int) -> str:
+        """The file where ``rank`` leaves ``("ok", result)`` or its error."""
+        return os.path.join(self.folder, f"rank{rank}.pickle")
 
 
 def _free_port() -> int:
@@ -349,131 +357,149 @@ def _free_port() -> int:
 def _run_forked(
     worker: Callable[..., T], nprocs: int, args: Sequence[Any], timeout: float
 ) -> list[T]:
+    """Fork the ranks with :func:`torch.multiprocessing.start_processes`; wait.
+
+    ``start_processes`` asks Linux to signal each rank when this process dies,
+    passes a raising rank's traceback back in a file, and stops the other ranks
+    (after :data:`FAILURE_GRACE` seconds) once one fails. Each rank also leaves
+    its result, or the time and text of its error, in a file of its own, so the
+    error can name the first failure and a timeout the ranks still working.
+    """
     import torch._dynamo  # noqa: F401 - see run(): shared with the ranks
 
-    context = multiprocessing.get_context("fork")
-    port = _free_port()
-    ranks: list[_Rank] = []
-    with tempfile.TemporaryDirectory(prefix="weightshare-ranks-") as logs:
-        try:
-            for rank in range(nprocs):
-                reader, writer = context.Pipe(duplex=False)
-                log = os.path.join(logs, f"rank{rank}.log")
-                spec = (worker, args, rank, nprocs, port, timeout, writer, log)
-                process = context.Process(
-                    target=_child, args=(*spec, os.getpid()), name=f"rank{rank}"
-                )
-                process.start()
-                writer.close()  # the child holds the writing end now
-                ranks.append(_Rank(rank, process, reader, log))
-            results = _collect(ranks, timeout)
-            _join(ranks, GRACE)
-            return results
-        finally:
-            _stop(ranks)
-
-
-def _collect(ranks: list[_Rank], timeout: float) -> list[Any]:
-    """Each rank's result, in rank order; raise soon after a rank fails.
-
-    When a rank fails, the others often fail a moment later because a peer left
-    their collective. So the ranks get :data:`FAILURE_GRACE` seconds to report, and
-    the error names the first failure: a process that died without a traceback,
-    else the earliest exception.
-    """
-    deadline = time.monotonic() + timeout
-    results: dict[int, Any] = {}
-    failures: list[_Failure] = []
-    waiting = list(ranks)
-    while waiting:
-        if failures:
-            deadline = min(deadline, failures[0].seen + FAILURE_GRACE)
-        handles = [r.reader for r in waiting] + [r.process.sentinel for r in waiting]
-        left = deadline - time.monotonic()
-        ready = wait(handles, timeout=left) if left > 0 else []
-        if not ready:
-            break
-        for r in [r for r in waiting if {r.reader, r.process.sentinel} & set(ready)]:
-            waiting.remove(r)
-            outcome = _receive(r)
-            if isinstance(outcome, _Failure):
-                failures.append(outcome)
-            else:
-                results[r.rank] = outcome.value
-    if failures:
-        first = min(failures, key=lambda f: (f.when, f.rank))
-        raise RankFailedError(first.rank, first.error, first.details)
-    if waiting:
-        running = [r.rank for r in waiting]
-        raise TimeoutError(
-            f"ranks {running} had not returned after timeout={timeout} s and were "
-            "stopped; a rank may be waiting in a collective that another rank "
-            "never calls, or the work needs a longer timeout"
+    with tempfile.TemporaryDirectory(prefix="weightshare-ranks-") as folder:
+        job = _Job(worker, args, nprocs, _free_port(), timeout, folder, os.getpid())
+        context: ProcessContext = start_processes(  # type: ignore[no-untyped-call]
+            _rank, args=(job,), nprocs=nprocs, join=False, start_method="fork"
         )
-    return [results[rank] for rank in range(len(ranks))]
+        deadline = time.monotonic() + timeout
+        try:
+            while not context.join(
+                timeout=max(deadline - time.monotonic(), 0.0),
+                grace_period=FAILURE_GRACE,
+            ):
+                if time.monotonic() >= deadline:
+                    raise _timed_out(job, timeout)
+        except ProcessException as err:
+            raise _failure(context, job, err.error_index) from None
+        finally:
+            _stop(context)
+        outcomes = [_read(job.outcome(rank)) for rank in range(nprocs)]
+        if any(o is None or o[0] != "ok" for o in outcomes):  # e.g. sys.exit(0)
+            raise _failure(context, job, first=-1)
+        return [o[1] for o in outcomes if o is not None]
 
 
-@dataclass
-class _Result:
-    value: Any
-
-
-@dataclass
-class _Failure:
-    """How a rank failed; ``when`` orders failures (-inf: died without a word)."""
-
-    rank: int
-    error: str
-    details: str
-    when: float
-    seen: float = field(default_factory=time.monotonic)
-
-
-def _receive(r: _Rank) -> _Result | _Failure:
-    """What a rank sent: its result or its error; or how its process ended."""
-    message: tuple[Any, ...] | None = None
-    if r.reader.poll():
-        with contextlib.suppress(EOFError):
-            message = pickle.loads(r.reader.recv_bytes())
-    if message is None:
-        r.process.join(GRACE)
-        code = r.process.exitcode
-        if code is not None and code < 0:
-            how = f"killed by {signal.Signals(-code).name}"
-        else:
-            how = f"exit code {code}"
-        error = f"its process ended ({how}) before returning a result"
-        return _Failure(r.rank, error, _tail(r.log), -math.inf)
-    if message[0] == "error":
-        return _Failure(r.rank, message[1], message[2], message[3])
-    return _Result(message[1])
-
-
-def _tail(path: str) -> str:
-    """The last lines of a rank's log, or "" when it printed nothing."""
+def _read(path: str) -> tuple[Any, ...] | None:
+    """The outcome a rank left in ``path``, or None when it left none."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
+        with open(path, "rb") as f:
+            outcome: tuple[Any, ...] = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    return outcome
+
+
+def _write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a rename)."""
+    with open(f"{path}.part", "wb") as f:
+        f.write(data)
+    os.replace(f"{path}.part", path)
+
+
+def _timed_out(job: _Job, timeout: float) -> TimeoutError:
+    """The error for ranks that had not all returned within ``timeout`` seconds."""
+    returned = [r for r in range(job.world_size) if _read(job.outcome(r)) is not None]
+    working = [r for r in range(job.world_size) if r not in returned]
+    message = f"ranks {working} had not returned after timeout={timeout} s; "
+    if returned:
+        message += f"ranks {returned} had returned and were waiting for them; "
+    return TimeoutError(
+        message + "all were stopped. A rank may be waiting in a collective that "
+        "another rank never calls, or the work needs a longer timeout"
+    )
+
+
+def _failure(context: ProcessContext, job: _Job, first: int) -> RankFailedError:
+    """The error to report once a rank has failed and every rank has ended.
+
+    A rank that died without a traceback comes first (the others' errors then
+    follow from it): ``first``, the one ``start_processes`` saw fail first, if it
+    is one of them, else the lowest. Otherwise the earliest exception. A rank
+    that ``start_processes`` stopped with SIGTERM, after another failed, is not
+    a failure of its own.
+    """
+    died: list[int] = []
+    raised: list[tuple[float, int, str]] = []
+    for rank, process in enumerate(context.processes):
+        outcome = _read(job.outcome(rank))
+        code = process.exitcode
+        if outcome is not None and outcome[0] == "error":
+            raised.append((outcome[2], rank, outcome[1]))
+        elif code == -signal.SIGTERM and rank != first:
+            continue  # stopped by start_processes
+        elif code != 0 or outcome is None:
+            died.append(rank)
+    if died:
+        rank = first if first in died else died[0]
+        code = context.processes[rank].exitcode
+        how = (
+            f"killed by {signal.Signals(-code).name}"
+            if code < 0
+            else f"exit code {code}"
+        )
+        return RankFailedError(
+            rank, f"its process ended ({how}) before returning a result", ""
+        )
+    _, rank, error = min(raised)
+    return RankFailedError(rank, error, _traceback(context.error_files[rank]))
+
+
+def _traceback(path: str) -> str:
+    """The traceback that ``start_processes`` saved for a rank that raised."""
+    try:
+        with open(path, "rb") as f:
+            text: str = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
         return ""
-    return "\n".join(lines[-_LOG_TAIL:])
+    return text
 
 
-def _join(ranks: list[_Rank], grace: float) -> None:
-    """Wait up to ``grace`` seconds in all for the ranks to exit."""
-    deadline = time.monotonic() + grace
-    for r in ranks:
-        r.process.join(max(deadline - time.monotonic(), 0.0))
+def _stop(context: ProcessContext) -> None:
+    """Kill the ranks still running, reap them all, remove the traceback files."""
+    for process in context.processes:
+        if process.is_alive():
+            process.kill()
+    for process, path in zip(context.processes, context.error_files, strict=True):
+        process.join()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
-def _stop(ranks: list[_Rank]) -> None:
-    """Kill the ranks that are still running, reap them, close the pipes."""
-    for r in ranks:
-        if r.process.is_alive():
-            r.process.kill()
-    for r in ranks:
-        r.process.join(GRACE)
-        r.reader.close()
+def _rank(rank: int, job: _Job) -> None:  # pragma: no cover - runs in the ranks
+    """The body of a forked rank, called by ``start_processes``.
+
+    ``start_processes`` has asked Linux to send SIGINT to this process when its
+    parent dies. Python would turn the signal into a KeyboardInterrupt only
+    once a blocking collective returns; its default action ends the process at
+    once. The parent may have died before that request: then it ends here.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if os.getppid() != job.parent:
+        os._exit(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(job.port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(job.world_size),
+        LOCAL_WORLD_SIZE=str(job.world_size),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    _rank_main(
+        job.worker, job.args, rank, job.world_size, job.timeout, job.outcome(rank)
+    )
 
 
 def _rank_main(
@@ -482,13 +508,16 @@ def _rank_main(
     rank: int,
     world_size: int,
     timeout: float,
-) -> tuple[Any, ...]:
-    """Join the group, call ``worker``, leave the group: the message for the parent.
+    path: str,
+) -> None:
+    """Join the group, call ``worker``, leave its result in ``path``, leave the group.
 
-    The environment names the rendezvous (``MASTER_ADDR``, ``MASTER_PORT``). A
-    successful rank waits at a barrier for the others before it leaves the group,
-    so that none leaves while another still talks to it (rank 0 also serves the
-    group's store). An error message carries the time of the failure.
+    The environment names the rendezvous (``MASTER_ADDR``, ``MASTER_PORT``). The
+    result is written before the rank waits at a barrier for the others, so
+    that none leaves while another still talks to it (rank 0 also serves the
+    group's store); a worker that has left the group itself skips it. When
+    anything raises, ``("error", "Type: message", time)`` is written instead and
+    the exception goes on to ``start_processes``, which passes its traceback on.
     """
     import torch.distributed as dist
 
@@ -496,61 +525,23 @@ def _rank_main(
         dist.init_process_group(
             "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
-        message: tuple[Any, ...] = ("ok", worker(*args))
-        dist.barrier()
-        dist.destroy_process_group()
+        result = worker(*args)
+        try:
+            # Plain pickle copies tensors' data; multiprocessing's pickler would
+            # share their memory through this process, which is about to exit.
+            data = pickle.dumps(("ok", result))
+        except Exception as err:
+            raise TypeError(
+                f"could not send rank {rank}'s result to the parent process: {err}; "
+                "return numbers, strings, lists, dicts or tensors"
+            ) from err
+        _write(path, data)
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
     except Exception as err:
-        error = (
+        text = (
             f"{type(err).__qualname__}: {err}" if str(err) else type(err).__qualname__
         )
-        message = ("error", error, traceback.format_exc(), time.time())
-    return message
-
-
-def _child(  # pragma: no cover - runs in the forked ranks (tests/test_distributed.py)
-    worker: Callable[..., Any],
-    args: Sequence[Any],
-    rank: int,
-    world_size: int,
-    port: int,
-    timeout: float,
-    writer: Connection,
-    log: str,
-    parent: int,
-) -> None:
-    """The body of a forked rank: tidy the process, run, send the message."""
-    _die_with_parent(parent)
-    output = open(log, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
-    os.dup2(output.fileno(), 1)
-    os.dup2(output.fileno(), 2)
-    sys.stdout = sys.stderr = output
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    message = _rank_main(worker, args, rank, world_size, timeout)
-    try:
-        # Plain pickle copies tensors' data; multiprocessing's own pickler would
-        # share their memory with the parent through this process, which exits now.
-        data = pickle.dumps(message)
-    except Exception as err:  # e.g. a result that cannot be pickled
-        failure = ("error", f"could not send the result: {err}", "", time.time())
-        data = pickle.dumps(failure)
-    writer.send_bytes(data)
-    writer.close()
-
-
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the forked ranks
-    """Ask Linux to kill this process when its parent dies (no orphans left)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
+        _write(path, pickle.dumps(("error", text, time.time())))
+        raise

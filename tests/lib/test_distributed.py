@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,33 +25,49 @@ import weightshare as ws
 import weightshare.distributed as wsd
 from weightshare.models import GPT, GPTConfig
 
+Proc = tuple[int, str]  # a process id and the start time Linux gives that process
 
-def alive(pid: int) -> bool:
-    """Whether a process with this id exists (and is not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+
+def start_time(pid: int) -> str | None:
+    """When process ``pid`` started (field 22 of /proc/PID/stat); None if gone.
+
+    A process id can be reused once its process is gone, so a process is known by
+    its id and its start time together. A zombie counts as gone.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
 
 
-def pids_in(folder: Path) -> list[int]:
-    return [int(p.read_text()) for p in sorted(folder.glob("*.pid"))]
+def alive(proc: Proc) -> bool:
+    return start_time(proc[0]) == proc[1]
 
 
 def record_pid(folder: str) -> None:
-    Path(folder, f"{dist.get_rank()}.pid").write_text(str(os.getpid()))
+    """Write this rank's process into ``folder``, whole or not at all (a rename)."""
+    me = os.getpid()
+    path = Path(folder, f"{dist.get_rank()}.pid")
+    Path(f"{path}.tmp").write_text(f"{me} {start_time(me)}")
+    os.replace(f"{path}.tmp", path)
 
 
-def assert_all_gone(pids: list[int], within: float = 30.0) -> None:
+def procs_in(folder: Path) -> list[Proc]:
+    procs = []
+    for path in sorted(folder.glob("*.pid")):
+        pid, start = path.read_text().split()
+        procs.append((int(pid), start))
+    return procs
+
+
+def assert_all_gone(procs: list[Proc], within: float = 30.0) -> None:
+    """No process of ``procs``, and no child process of this one, is left."""
     deadline = time.monotonic() + within
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(proc) for proc in procs) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in pids if alive(pid)]
+    assert not [proc for proc in procs if alive(proc)]
     assert multiprocessing.active_children() == []
 
 
@@ -103,19 +118,25 @@ def test_bad_arguments() -> None:
 # -- failures --------------------------------------------------------------------------
 
 
-def fail_on_rank_1(folder: str) -> None:
+def fail_on_rank_1(folder: str, wait: str) -> None:
     record_pid(folder)
     dist.barrier()  # both pids are on disk before anything fails
     if dist.get_rank() == 1:
         print("rank 1 is about to fail")
         raise KeyError("no batch for rank 1")
-    dist.barrier()  # rank 0 would wait here forever: it must be killed
+    if wait == "collective":
+        dist.barrier()  # fails once rank 1 has gone
+    else:
+        time.sleep(60)  # notices nothing: rank 0 must be stopped
 
 
-def test_failing_rank_is_named_and_no_process_is_left(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait", ["collective", "sleep"])
+def test_failing_rank_is_named_and_no_process_is_left(
+    tmp_path: Path, wait: str
+) -> None:
     start = time.monotonic()
     with pytest.raises(wsd.RankFailedError) as info:
-        wsd.run(fail_on_rank_1, nprocs=2, args=(str(tmp_path),), timeout=60)
+        wsd.run(fail_on_rank_1, nprocs=2, args=(str(tmp_path), wait), timeout=60)
     err = info.value
     assert err.rank == 1
     assert err.error == "KeyError: 'no batch for rank 1'"
@@ -123,31 +144,41 @@ def test_failing_rank_is_named_and_no_process_is_left(tmp_path: Path) -> None:
     assert str(err).startswith(
         "rank 1 failed: KeyError: 'no batch for rank 1'; the other ranks were stopped"
     )
-    pids = pids_in(tmp_path)
-    assert len(pids) == 2 and os.getpid() not in pids
-    assert_all_gone(pids)
+    procs = procs_in(tmp_path)
+    assert len(procs) == 2 and os.getpid() not in [pid for pid, _ in procs]
+    assert_all_gone(procs)
     assert time.monotonic() - start < 30
 
 
 def exit_hard(how: str) -> None:
     if dist.get_rank() == 1:
         print("last words of rank 1", flush=True)
-        if how == "exit":
+        if how == "exit 3":
             os._exit(3)
+        if how == "exit 0":
+            sys.exit(0)  # ends the process, returning nothing
         os.kill(os.getpid(), signal.SIGKILL)
     dist.barrier()
 
 
 @pytest.mark.parametrize(
-    ("how", "ending"), [("exit", "exit code 3"), ("kill", "killed by SIGKILL")]
+    ("how", "ending"),
+    [
+        ("exit 3", "exit code 3"),
+        ("exit 0", "exit code 0"),
+        ("kill", "killed by SIGKILL"),
+    ],
 )
-def test_a_rank_that_dies_without_a_traceback(how: str, ending: str) -> None:
+def test_a_rank_that_dies_without_a_traceback(
+    how: str, ending: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(wsd.RankFailedError) as info:
         wsd.run(exit_hard, nprocs=2, args=(how,))
     err = info.value
     assert err.rank == 1
     assert err.error == f"its process ended ({ending}) before returning a result"
-    assert err.details == "last words of rank 1"  # what it printed, from its log
+    assert err.details == ""
+    assert "last words of rank 1" in capfd.readouterr().out  # ranks print to ours
     assert multiprocessing.active_children() == []
 
 
@@ -178,25 +209,53 @@ def unpicklable() -> object:
     return lambda: None
 
 
+def leave_quietly() -> None:
+    sys.exit(0)
+
+
+def test_a_rank_that_ends_without_a_result_while_the_others_succeed() -> None:
+    with pytest.raises(wsd.RankFailedError, match=r"ended \(exit code 0\) before"):
+        wsd.run(leave_quietly, nprocs=1)
+
+
 def test_a_result_that_cannot_be_sent() -> None:
-    with pytest.raises(wsd.RankFailedError, match="could not send the result"):
+    with pytest.raises(wsd.RankFailedError) as info:
         wsd.run(unpicklable, nprocs=1)
+    assert info.value.error.startswith(
+        "TypeError: could not send rank 0's result to the parent process: "
+    )
+    assert "return numbers, strings, lists, dicts or tensors" in info.value.error
 
 
-def hang(folder: str) -> None:
+def leave_the_group() -> int:
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()  # as most scripts written for torchrun end
+    return rank
+
+
+def test_a_worker_may_leave_the_group_itself() -> None:
+    assert wsd.run(leave_the_group, nprocs=3) == [0, 1, 2]
+
+
+def rank_1_hangs(folder: str) -> int:
     record_pid(folder)
-    dist.barrier()  # both pids are on disk
-    if dist.get_rank() == 0:
-        dist.barrier()  # rank 1 never joins it
-    time.sleep(120)
+    if dist.get_rank() == 1:
+        time.sleep(120)  # rank 0 returns and waits for it to leave the group
+    return dist.get_rank()
 
 
-def test_timeout_stops_every_rank(tmp_path: Path) -> None:
+def test_timeout_names_the_ranks_that_had_not_returned(tmp_path: Path) -> None:
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"ranks \[0, 1\] had not returned after"):
-        wsd.run(hang, nprocs=2, args=(str(tmp_path),), timeout=3)
+    with pytest.raises(TimeoutError) as info:
+        wsd.run(rank_1_hangs, nprocs=2, args=(str(tmp_path),), timeout=4)
     assert time.monotonic() - start < 15
-    assert_all_gone(pids_in(tmp_path))
+    message = str(info.value)
+    assert message.startswith("ranks [1] had not returned after timeout=4 s; ")
+    assert "ranks [0] had returned and were waiting for them" in message
+    procs = procs_in(tmp_path)
+    assert len(procs) == 2
+    assert_all_gone(procs)
 
 
 def test_error_survives_pickling() -> None:
@@ -209,35 +268,35 @@ def test_error_survives_pickling() -> None:
     assert rest == "--- rank 2 ---\ntb"
 
 
-CHILD_OF_KILLED_PARENT = """
-import sys, time
-import weightshare.distributed as wsd
-from pathlib import Path
-
-def sleep(folder):
-    import os, torch.distributed as dist
-    Path(folder, f"{dist.get_rank()}.pid").write_text(str(os.getpid()))
-    time.sleep(120)
-
-wsd.run(sleep, nprocs=2, args=(sys.argv[1],), timeout=120)
-"""
+def wait_inside_gloo(folder: str) -> None:
+    record_pid(folder)
+    # Both ranks wait inside gloo, where Python cannot act on a signal:
+    if dist.get_rank() == 0:
+        dist.barrier()  # rank 1 never joins it
+    else:
+        dist.recv(torch.zeros(1), src=0)  # rank 0 never sends
 
 
 def test_ranks_die_with_their_parent(tmp_path: Path) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", CHILD_OF_KILLED_PARENT, str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    # The parent is forked from this process (it has torch imported already) and
+    # calls run; the ranks are its children. Killing it must end them.
+    fork = multiprocessing.get_context("fork")
+    parent = fork.Process(
+        target=wsd.run, args=(wait_inside_gloo, 2), kwargs={"args": (str(tmp_path),)}
     )
+    parent.start()
     try:
         deadline = time.monotonic() + 60
-        while len(pids_in(tmp_path)) < 2 and time.monotonic() < deadline:
+        while len(procs_in(tmp_path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        pids = pids_in(tmp_path)
-        assert len(pids) == 2
+        procs = procs_in(tmp_path)
+        assert len(procs) == 2
+        assert os.getpid() not in [pid for pid, _ in procs]
+        time.sleep(0.5)  # both ranks are inside gloo by now
     finally:
         parent.kill()
-        parent.wait()
-    assert_all_gone(pids, within=10)
+        parent.join()
+    assert_all_gone(procs, within=10)
 
 
 # -- in this process, as under torchrun -----------------------------------------------
@@ -273,18 +332,28 @@ def test_under_torchrun_the_worker_runs_here(one_rank_env: None) -> None:
     assert wsd.run(where_and_who) == [("cpu", 0, os.getpid())]  # the group is reused
 
 
-def test_rank_main_reports_success_and_errors(one_rank_env: None) -> None:
-    ok = wsd._rank_main(lambda: 5, (), 0, 1, 30.0)
-    assert ok == ("ok", 5)
+def test_rank_main_leaves_its_outcome(one_rank_env: None, tmp_path: Path) -> None:
+    # What a forked rank runs, here in this process (so that coverage sees it).
+    path = str(tmp_path / "outcome")
+    wsd._rank_main(lambda: 5, (), 0, 1, 30.0, path)
+    assert wsd._read(path) == ("ok", 5)
     assert not dist.is_initialized()  # it left the group
+    wsd._rank_main(leave_the_group, (), 0, 1, 30.0, path)  # the worker leaves it
+    assert wsd._read(path) == ("ok", 0)
+    with pytest.raises(TypeError, match="could not send rank 0's result"):
+        wsd._rank_main(unpicklable, (), 0, 1, 30.0, path)
+    dist.destroy_process_group()
 
     def fails() -> None:
         raise RuntimeError
 
     before = time.time()
-    kind, error, details, when = wsd._rank_main(fails, (), 0, 1, 30.0)
+    with pytest.raises(RuntimeError):
+        wsd._rank_main(fails, (), 0, 1, 30.0, path)
+    outcome = wsd._read(path)
+    assert outcome is not None
+    kind, error, when = outcome
     assert (kind, error) == ("error", "RuntimeError")
-    assert "in fails" in details
     assert before <= when <= time.time()
 
 
@@ -355,6 +424,65 @@ def fsdp_models() -> dict[str, tuple[nn.Module, list[nn.Module], torch.Tensor]]:
     }
 
 
+class Crossed(nn.Module):
+    """Ties that cross nested modules: ``a`` holds ``b``, ``d`` holds ``e``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.d = nn.Module(), nn.Module()
+        self.a.b, self.d.e = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.a.p = self.d.e.weight  # a.p is e.weight
+        self.d.q = self.a.b.weight  # d.q is b.weight
+        self.a.forward = lambda x: self.a.b(x) @ self.a.p  # type: ignore[method-assign]
+        self.d.forward = lambda x: self.d.e(x) @ self.d.q  # type: ignore[method-assign]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d(self.a(x))  # type: ignore[no-any-return]
+
+
+class Between(nn.Module):
+    """``outer.p`` is ``outer.middle[1].weight``; ``middle`` lies between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outer = nn.Module()
+        self.outer.middle = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        self.outer.p = self.outer.middle[1].weight
+        self.outer.forward = (  # type: ignore[method-assign]
+            lambda x: self.outer.middle(x) @ self.outer.p
+        )
+        self.other = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.other(self.outer(x))  # type: ignore[no-any-return]
+
+
+class RootHolds(nn.Module):
+    """The root registers ``table``, also the weight of ``wrapper[0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrapper = nn.Sequential(nn.Linear(4, 4))
+        self.table = self.wrapper[0].weight
+        self.body = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.wrapper(x)) @ self.table  # type: ignore[no-any-return]
+
+
+def nested_models() -> dict[str, tuple[nn.Module, list[nn.Module], torch.Tensor]]:
+    """Ties across nested modules, the modules listed innermost first, an input."""
+    torch.manual_seed(0)
+    x = torch.ones(2, 4)
+    crossed, between, root = Crossed(), Between(), RootHolds()
+    outer = between.outer
+    return {
+        "crossed": (crossed, [crossed.a.b, crossed.a, crossed.d.e, crossed.d], x),
+        "between": (between, [outer.middle[1], outer.middle, outer, between.other], x),
+        "root": (root, [root.wrapper[0], root.wrapper, root.body], x),
+    }
+
+
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "encoder"):
         out = model(input_ids=tokens, decoder_input_ids=tokens)
@@ -367,7 +495,7 @@ def shard_one_by_one_and_with_units() -> dict[str, object]:
     from torch.distributed.fsdp import fully_shard
 
     report: dict[str, object] = {}
-    for key, (model, modules, tokens) in fsdp_models().items():
+    for key, (model, modules, tokens) in (fsdp_models() | nested_models()).items():
         for module in modules:  # the naive way: every module its own group
             fully_shard(module)
         fully_shard(model)
@@ -375,7 +503,7 @@ def shard_one_by_one_and_with_units() -> dict[str, object]:
             logits(model, tokens)
         except ValueError as err:
             report[f"{key} one by one"] = str(err).split(". ")[0]
-    for key, (model, modules, tokens) in fsdp_models().items():
+    for key, (model, modules, tokens) in (fsdp_models() | nested_models()).items():
         groups = ws.shared_groups(model)
         for unit in ws.fsdp_units(model, modules):
             fully_shard(unit)
@@ -385,7 +513,12 @@ def shard_one_by_one_and_with_units() -> dict[str, object]:
     return report
 
 
-def test_fsdp_units_shard_tied_models_for_real() -> None:
+def test_fsdp_units_shard_tied_models_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Imported once here, not by each rank (transformers loads a model's code when
+    # its class is first used).
+    transformers = pytest.importorskip("transformers")
+    assert transformers.GPT2LMHeadModel and transformers.T5ForConditionalGeneration
     first, second = wsd.run(shard_one_by_one_and_with_units, nprocs=2, timeout=120)
     assert first == second
     shared = "Parameter '{}' is shared with a parameter already managed by another "
@@ -394,7 +527,13 @@ def test_fsdp_units_shard_tied_models_for_real() -> None:
         "gpt one by one": shared.format("lm_head.weight"),
         "gpt2 one by one": shared.format("lm_head.weight"),
         "t5 one by one": shared.format("shared.weight"),
+        "crossed one by one": shared.format("d.q"),
+        "between one by one": shared.format("outer.middle.1.weight"),
+        "root one by one": shared.format("wrapper.0.weight"),
         "gpt units": True,
         "gpt2 units": True,
         "t5 units": True,
+        "crossed units": True,
+        "between units": True,
+        "root units": True,
     }

@@ -1,45 +1,19 @@
-"""Every public module's doctests run and pass (a wrong docstring fails the suite)."""
+"""The library's docstring examples run: every module's, and every public name has one.
+
+The examples themselves are collected by pytest's ``--doctest-modules`` over
+``src/weightshare`` (``pyproject.toml``; ``tests/conftest.py`` starts each in an
+empty namespace), so a module added to the package is covered without a list.
+"""
 
 from __future__ import annotations
 
-import doctest
-import importlib
+import ast
+from pathlib import Path
 
 import pytest
+from _pytest.doctest import DoctestItem
 
-MODULES = [
-    "weightshare",
-    "weightshare._checkpoint._check",
-    "weightshare._checkpoint._cli",
-    "weightshare._checkpoint._format",
-    "weightshare._checkpoint._saveload",
-    "weightshare._checkpoint._torch",
-    "weightshare._count",
-    "weightshare._errors",
-    "weightshare._fsdp",
-    "weightshare._grad",
-    "weightshare._groups",
-    "weightshare._guard",
-    "weightshare._optim",
-    "weightshare._tie",
-    "weightshare.distributed",
-    "weightshare._unionfind",
-    "weightshare.models",
-]
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_doctests(name: str) -> None:
-    module = importlib.import_module(name)
-    for public in getattr(module, "__all__", []) if name == "weightshare" else []:
-        # the package imports its names on first use; doctest looks in its __dict__
-        getattr(module, public)
-    # An empty namespace, as on the API page: each example imports what it uses.
-    result = doctest.testmod(
-        module, globs={}, optionflags=doctest.ELLIPSIS, verbose=False
-    )
-    assert result.attempted > 0, f"{name} has no doctests"
-    assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "weightshare"
 
 
 def test_every_public_name_has_examples() -> None:
@@ -48,3 +22,36 @@ def test_every_public_name_has_examples() -> None:
     for name in weightshare.__all__:
         doc = getattr(weightshare, name).__doc__ or ""
         assert "Examples\n" in doc and ">>> " in doc, name
+
+
+def docstrings_with_examples(path: Path) -> dict[str, str]:
+    """``{"module.py:name": docstring}`` for each docstring in ``path`` with ``>>>``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+            doc = ast.get_docstring(node, clean=False)
+            if doc and ">>> " in doc:
+                name = getattr(node, "name", "<module>")
+                found[f"{path.relative_to(PACKAGE)}:{name}"] = doc
+    return found
+
+
+def test_every_example_of_the_package_is_collected(
+    request: pytest.FixtureRequest,
+) -> None:
+    assert request.config.getoption("doctestmodules"), "--doctest-modules is off"
+    items = [i for i in request.session.items if isinstance(i, DoctestItem)]
+    if not any(i.path.resolve().is_relative_to(PACKAGE) for i in items):
+        pytest.skip("src/weightshare is not among the paths given to pytest")
+    collected = {i.dtest.docstring for i in items if i.dtest is not None}
+    expected: dict[str, str] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "__main__.py":
+            expected |= docstrings_with_examples(path)
+    assert expected, "no docstring of the library has examples"
+    missing = [where for where, doc in expected.items() if doc not in collected]
+    # The methods of a class that calls itself weightshare.X (TieGuard) are found in
+    # neither module: doctest matches a class by __module__, a function by its
+    # globals. Listed here so that the list shrinks when that is fixed.
+    assert missing == ["_guard.py:broken", "_guard.py:check"], missing

@@ -191,3 +191,60 @@ def test_one_module_tied_to_two_listed_modules_merges_all_three() -> None:
     head.p = model.a.weight  # head ties to a and to b, and is not listed
     head.q = model.b.weight
     assert same(ws.fsdp_units(model, [model.a, model.b]), [[model.a, model.b, head]])
+
+
+class Crossed(nn.Module):
+    """Two ties that cross nested modules: ``a`` holds ``b``, ``d`` holds ``e``.
+
+    ``a.p`` is ``e.weight`` and ``b.weight`` is ``d.q``. Whichever of the two tie
+    groups is sharded first takes a module of the other (fully_shard manages every
+    module below the ones it is given), so no order of two units works.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.d = nn.Module(), nn.Module()
+        self.a.b, self.d.e = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.a.p = self.d.e.weight
+        self.d.q = self.a.b.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a.b(x) @ self.a.p
+        return self.d.e(x) @ self.d.q
+
+
+@pytest.mark.parametrize("inner", [True, False])
+def test_ties_that_cross_nested_modules_become_one_unit(inner: bool) -> None:
+    model = Crossed()
+    assert ws.shared_groups(model) == [["a.p", "d.e.weight"], ["a.b.weight", "d.q"]]
+    a, b, d, e = model.a, model.a.b, model.d, model.d.e
+    modules = [b, a, e, d] if inner else [a, d]
+    assert same(ws.fsdp_units(model, modules), [[a, d]])
+
+
+class Between(nn.Module):
+    """``outer.p`` is tied to ``outer.middle.inner.weight``; ``middle`` is between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outer = nn.Module()
+        self.outer.middle = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+        self.outer.p = self.outer.middle[1].weight
+        self.other = nn.Linear(3, 3)
+
+
+def test_a_module_between_two_tied_modules_joins_their_unit() -> None:
+    model = Between()
+    outer, middle, inner = model.outer, model.outer.middle, model.outer.middle[1]
+    units = ws.fsdp_units(model, [inner, middle, outer, model.other])
+    assert same(units, [outer, model.other])
+
+
+def test_a_module_holding_a_tie_left_to_the_root_is_left_to_the_root() -> None:
+    model = RootHolds()
+    wrapper = nn.Sequential(model.emb)  # holds emb, whose weight the root holds
+    model.wrapper = wrapper
+    del model.emb
+    assert ws.shared_groups(model) == [["table", "wrapper.0.weight"]]
+    emb = wrapper[0]
+    assert same(ws.fsdp_units(model, [emb, wrapper, model.body]), [model.body])

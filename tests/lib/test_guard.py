@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,6 +30,18 @@ class TinyLM(nn.Module):
 GROUP = ["wte.weight", "lm_head.weight"]
 DIFFERENT = "'lm_head.weight' is now a different Parameter object than 'wte.weight'"
 FIX = "weightshare.retie(model, guard.groups)"
+EVERY_NAME_NEW = "every name now holds a new Parameter"
+
+
+@contextlib.contextmanager
+def overwrite_on_conversion() -> Iterator[None]:
+    future = torch.__future__
+    saved = future.get_overwrite_module_params_on_conversion()
+    future.set_overwrite_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        future.set_overwrite_module_params_on_conversion(saved)
 
 
 def broken_message(guard: ws.TieGuard) -> str:
@@ -78,7 +92,10 @@ def test_load_state_dict_assign() -> None:
     model.load_state_dict(state, assign=True)
     message = broken_message(guard)
     assert DIFFERENT in message
-    assert "a copy replaced one side: load_state_dict(..., assign=True)" in message
+    # Both names get a new Parameter from the state dict: not "one side".
+    assert EVERY_NAME_NEW in message
+    assert "load_state_dict(..., assign=True)" in message
+    assert "replaced one side" not in message
     ws.retie(model, guard.groups)
     guard.check()
 
@@ -227,3 +244,53 @@ def test_every_name_gone() -> None:
     assert (
         "'wte.weight' no longer exists; 'lm_head.weight' no longer exists." in message
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conversion_under_overwrite_flag_replaces_every_side(
+    dtype: torch.dtype,
+) -> None:
+    # Module._apply stores nn.Parameter(converted) under each name: two new objects
+    # with equal values (even for a no-op float32 -> float32), neither one a copy
+    # of "one side".
+    model = TinyLM()
+    guard = ws.TieGuard(model)
+    with overwrite_on_conversion():
+        model.to(dtype)
+    message = broken_message(guard)
+    assert DIFFERENT in message
+    assert EVERY_NAME_NEW in message
+    assert "set_overwrite_module_params_on_conversion(True)" in message
+    assert "replaced one side" not in message
+    ws.retie(model, guard.groups)
+    guard.check()
+
+
+def test_move_to_meta_replaces_every_side() -> None:
+    # CPU -> meta cannot use param.data = ..., so _apply makes one Parameter per
+    # name with no flag set; the values cannot be compared, but the cause is known.
+    model = TinyLM()
+    guard = ws.TieGuard(model)
+    model.to("meta")
+    message = broken_message(guard)
+    assert EVERY_NAME_NEW in message
+    assert "cannot be compared on the meta device" not in message
+    ws.retie(model, guard.groups)
+    guard.check()
+
+
+def test_one_side_replaced_is_still_one_side() -> None:
+    # The first name keeps its recorded object: a copy of one side, as before.
+    model = TinyLM()
+    guard = ws.TieGuard(model)
+    model.lm_head.weight = nn.Parameter(model.wte.weight.detach().clone())
+    message = broken_message(guard)
+    assert "a copy replaced one side" in message
+    assert EVERY_NAME_NEW not in message
+    # ... and when the first name is the one replaced, the second keeps the object.
+    model = TinyLM()
+    guard = ws.TieGuard(model)
+    model.wte.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    message = broken_message(guard)
+    assert "a copy replaced one side" in message
+    assert EVERY_NAME_NEW not in message

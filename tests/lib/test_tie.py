@@ -280,36 +280,80 @@ def test_untie_errors() -> None:
         ws.untie(model, "bn.running_mean")
 
 
-@pytest.mark.parametrize("name", ["dec.weight", "dec.parametrizations.weight.original"])
-def test_untie_transposed(name: str) -> None:
+def saves_like_never_tied(model: nn.ModuleDict) -> None:
+    """``model`` has the state dict of an autoencoder that was never tied."""
+    never = autoencoder()
+    state = model.state_dict()  # the order of keys may differ: it means nothing
+    assert {k: v.shape for k, v in state.items()} == {
+        k: v.shape for k, v in never.state_dict().items()
+    }
+    assert type(model.enc) is nn.Linear and type(model.dec) is nn.Linear
+    assert ws.shared_groups(model) == [] and ws.storage_aliases(model) == []
+    never.load_state_dict(state)  # strict: same keys, same shapes
+    assert all(torch.equal(state[k], v) for k, v in never.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "name", ["enc.weight", "dec.weight", "dec.parametrizations.weight.original"]
+)
+def test_untie_transposed_by_either_name_unties_both(name: str) -> None:
     model = autoencoder()
     enc = model.enc.weight
     ws.tie(model, "dec.weight", "enc.weight", transpose=True)
     new = ws.untie(model, name)
-    assert type(model.dec) is nn.Linear
-    assert new is model.dec.weight and new.shape == (6, 3)
-    assert torch.equal(new, enc.T) and new.is_contiguous()
-    assert model.enc.weight is enc and enc.shape == (3, 6)
-    assert ws.shared_groups(model) == []
+    # The parameter now at the name given (dec's: the parametrization is gone).
+    assert new is (model.enc.weight if name == "enc.weight" else model.dec.weight)
+    assert model.enc.weight is enc and enc.shape == (3, 6)  # the source keeps its own
+    dec = model.dec.weight
+    assert isinstance(dec, nn.Parameter) and dec.shape == (6, 3)
+    assert torch.equal(dec, enc.T) and dec.is_contiguous()
+    saves_like_never_tied(model)
     with torch.no_grad():
-        new.zero_()
-    assert enc.abs().sum() > 0
+        dec.zero_()
+    assert enc.abs().sum() > 0  # separate from now on
+    for plain in ("enc.weight", "dec.weight"):  # plain and unshared: nothing to do
+        param = model.get_parameter(plain)
+        assert ws.untie(model, plain) is param
 
 
-@pytest.mark.parametrize("name", ["dec.weight", "dec.parametrizations.weight.original"])
-def test_untie_transposed_after_untying_the_source(name: str) -> None:
-    model = autoencoder()
-    old = model.enc.weight
+def test_untie_a_source_tied_to_two_transposes_frees_both() -> None:
+    model = pair(enc=nn.Linear(6, 3), dec=nn.Linear(3, 6), out=nn.Linear(3, 6))
     ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    ws.tie(model, "out.weight", "enc.weight", transpose=True)
+    assert ws.untie(model, "enc.weight") is model.enc.weight
+    assert all(type(m) is nn.Linear for m in model.values())
+    assert sorted(model.state_dict()) == sorted(
+        f"{m}.{p}" for m in ("enc", "dec", "out") for p in ("weight", "bias")
+    )
+    assert ws.shared_groups(model) == []
+
+
+def test_untie_a_source_whose_transpose_is_reused_at_two_places() -> None:
+    model = autoencoder()
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    model["again"] = model.dec  # one module, two names
+    ws.untie(model, "enc.weight")
+    assert type(model.dec) is nn.Linear and model.again is model.dec
+    # What remains shared is the reuse of dec itself, not the transposed tie.
+    assert sorted(ws.shared_groups(model)) == [
+        ["dec.bias", "again.bias"],
+        ["dec.weight", "again.weight"],
+    ]
+
+
+def test_untie_a_source_also_tied_plainly_keeps_the_transposed_tie() -> None:
+    # enc.weight is one Parameter with mirror.weight, and dec.weight is its transpose:
+    # untying enc.weight gives enc its own copy; mirror and dec stay tied.
+    model = pair(enc=nn.Linear(6, 3), mirror=nn.Linear(6, 3), dec=nn.Linear(3, 6))
+    ws.tie(model, "mirror.weight", "enc.weight")
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    shared = model.enc.weight
     own = ws.untie(model, "enc.weight")
-    assert own is model.enc.weight and own is not old and own.shape == (3, 6)
-    new = ws.untie(model, name)
-    assert type(model.dec) is nn.Linear  # the Transpose parametrization is gone
-    assert new is model.dec.weight and new.shape == (6, 3)
-    assert torch.equal(new, old.T) and new.is_contiguous()
-    assert new.untyped_storage()._cdata != own.untyped_storage()._cdata
-    assert ws.shared_groups(model) == [] and ws.storage_aliases(model) == []
-    assert ws.untie(model, "dec.weight") is new  # now a plain, unshared parameter
+    assert own is model.enc.weight and own is not shared
+    assert model.mirror.weight is shared
+    assert ws.shared_groups(model) == [
+        ["mirror.weight", "dec.parametrizations.weight.original"]
+    ]
 
 
 def test_untie_other_parametrization_is_plain_untie() -> None:
