@@ -11,7 +11,7 @@ SPHINX   := $(PY) -m sphinx -c . -W --keep-going -n -d $(BUILD)/doctrees $(SPHIN
 EXAMPLE  ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help html html-noplot html-rerun html-one doctest mutants linkcheck check test clean dot browser venv
+.PHONY: help html html-noplot html-rerun html-one doctest mutants linkcheck check test clean dot browser venv versions
 
 help:  ## list the targets (this text)
 	@echo "Targets (each creates .venv and installs Graphviz's dot when missing):"
@@ -79,6 +79,9 @@ linkcheck: html  ## check links and anchors offline; list the external links
 	@echo "External links (listed, not fetched; WEIGHTSHARE_LINKCHECK_EXTERNAL=1 fetches):"
 	@$(PY) -c "import json; [print('  ' + r['uri']) for r in map(json.loads, \
 	  open('$(BUILD)/linkcheck/output.json')) if r['status'] == 'ignored']"
+
+versions: $(STAMP)  ## run the failures' reproductions under old releases (not in test)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/versions.py
 
 # Two pytest workers (pytest-xdist), one thread each. mypy keeps its cache in
 # .mypy_cache (filled when .venv is made), so its test re-checks only what changed.

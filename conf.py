@@ -46,6 +46,7 @@ extensions = [
     "gallery_downloads",  # the wheel, the run box, notebooks in Markdown
     "offline_site",  # MathML, no CDN scripts, reference aliases
     "benchmark_results",  # docs/benchmarks.md from benchmarks/results/*.json
+    "version_table",  # the symptom index's version table from versions-*.json
     "moved_pages",  # old addresses of moved pages redirect to the new ones
 ]
 
@@ -206,6 +207,7 @@ weightshare_moved_pages = {
 
 # -- Benchmark results (docs/benchmarks.md) --------------------------------------------
 benchmark_results_dir = here("benchmarks", "results")
+version_table_dir = here("benchmarks", "results")
 plot_html_show_source_link = False
 plot_html_show_formats = False
 

@@ -249,7 +249,8 @@ fig.tight_layout()
 # now survive the reload but leave two matrices. What is right: one shared trainable
 # copy (``modules_to_save`` with ``ensure_weight_tying=True``), or an explicit untie
 # with ``tie_word_embeddings=False`` before adapting the head. After a merge, compare
-# the reloaded model's logits with the adapter's, as this page does.
+# the reloaded model's logits with the adapter's, as this page does. Which peft
+# releases behave as shown here: the :ref:`version table <version-table>`.
 #
 # Next: :doc:`/auto_examples/fix_distribute/plot_ddp_tied` (a tied model trained
 # in several processes), and :func:`weightshare.untie` in the

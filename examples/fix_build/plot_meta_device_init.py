@@ -257,7 +257,8 @@ with init_empty_weights():
 # `verl#7834 <https://github.com/verl-project/verl/issues/7834>`_). Record the ties
 # with :class:`weightshare.TieGuard` before materialising, call
 # :func:`weightshare.retie` (or ``tie_weights()``) *after* ``to_empty()``, and check
-# the guard before training.
+# the guard before training. Which accelerate releases untie: the
+# :ref:`version table <version-table>`.
 #
 # Next: :doc:`plot_module_conversion` (moving or converting a built model unties it
 # too), and the :doc:`symptom index </symptoms>`, which lists every Fix page.

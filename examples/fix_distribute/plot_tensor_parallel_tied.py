@@ -144,7 +144,8 @@ def train_tp(retie: bool) -> dict[str, object]:
 
 
 untied = wsd.run(train_tp, nprocs=2, args=(False,), timeout=60)
-print(f"difference between the pair after each step: {untied[0]['drift']}")
+print("difference between the pair after each step:", end=" ")
+print([f"{d:.1e}" for d in untied[0]["drift"]])  # digits that rounding cannot move
 
 # %%
 # ``parallelize_module`` replaced each module's weight with its own DTensor, so both
@@ -178,7 +179,8 @@ retied = wsd.run(train_tp, nprocs=2, args=(True,), timeout=60)
 loss_gap = max(
     abs(a - b) for a, b in zip(retied[0]["losses"], reference_losses, strict=True)
 )
-print(f"largest loss difference from the single process: {loss_gap:.1e}")
+# float32 rounding differs with the thread count: print the bound, not the digits
+print("loss gap to the single process:", "< 1e-5" if loss_gap < 1e-5 else loss_gap)
 
 # %%
 # One parameter again on each rank, the pair equal after every step, and the losses

@@ -72,10 +72,10 @@ tied_path = os.path.join(folder.name, "tied.gguf")
 convert(model.named_parameters(), tied_path)
 
 # %%
-# The reader builds a GPT from the file's metadata and copies each tensor in by its
-# GGUF name. With ``output_fallback=False`` it requires ``output.weight``, as
-# llama.cpp's loader did for one architecture after another, and it words its error
-# as llama.cpp does:
+# This page's own reader (not llama.cpp, which is not installed here) builds a GPT
+# from the file's metadata and copies each tensor in by its GGUF name. With
+# ``output_fallback=False`` it requires ``output.weight``, as llama.cpp's loader did
+# for one architecture after another, and it words its error as llama.cpp does:
 
 
 def read(path: str, output_fallback: bool) -> GPT:
@@ -106,12 +106,19 @@ def read(path: str, output_fallback: bool) -> GPT:
     return restored.eval()
 
 
+strict_error = None
 try:
     read(tied_path, output_fallback=False)
 except KeyError as err:
-    print(f"KeyError: {err.args[0]}")
+    strict_error = err
+    print(f"this page's strict reader: KeyError: {err.args[0]}")
 
 # %%
+# The strict read of the tied file failed:
+#
+# >>> isinstance(strict_error, KeyError)
+# True
+#
 # llama.cpp users met the same message: a GPT-2 converted with llama.cpp's
 # ``convert_hf_to_gguf.py`` and loaded through the ``llama_cpp`` Python package
 # (`llama.cpp#12567 <https://github.com/ggml-org/llama.cpp/issues/12567>`_, which

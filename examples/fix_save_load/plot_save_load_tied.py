@@ -273,7 +273,8 @@ workdir.cleanup()
 # file that holds a tie twice, and :func:`weightshare.load` refuses one whose tied
 # keys disagree, where ``load_state_dict`` keeps whichever module it visits last.
 # With Hugging Face models, ``tie_word_embeddings`` must match how the checkpoint was
-# trained.
+# trained. Which transformers and safetensors releases behave as shown here: the
+# :ref:`version table <version-table>`.
 #
 # Next: :doc:`plot_weightshare_check` (what loading a checkpoint will do to its ties,
 # read from the file before loading it), and the :doc:`symptom index </symptoms>`.

@@ -198,7 +198,7 @@ print(f"python -c 'import torch': {torch_seconds:.2f} s (wall clock)")
 # %%
 # >>> truncated.returncode, truncated.stdout
 # (2, '')
-# >>> sorted(imported & {"torch", "transformers", "safetensors"})
+# >>> sorted(imported & {"torch", "numpy", "transformers", "safetensors"})
 # []
 # >>> seconds < torch_seconds / 5
 # True

@@ -209,6 +209,27 @@ ARCHITECTURES: list[tuple[str, str, str, dict[str, Any]]] = [
             "mm_tokens_per_image": 4,
         },
     ),
+    # Added by review: architectures of other families, each checked to agree.
+    (
+        "gpt-bigcode",
+        "GPTBigCodeConfig",
+        "GPTBigCodeForCausalLM",
+        {"n_layer": 1, "n_head": 2, "n_embd": 16, "vocab_size": 64},
+    ),
+    ("xlm-roberta", "XLMRobertaConfig", "XLMRobertaForMaskedLM", {**SMALL, **HEADS}),
+    (
+        "flaubert",
+        "FlaubertConfig",
+        "FlaubertWithLMHeadModel",
+        {"vocab_size": 64, "emb_dim": 16, "n_layers": 1, "n_heads": 2},
+    ),
+    (
+        "mamba",
+        "MambaConfig",
+        "MambaForCausalLM",
+        {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "state_size": 4},
+    ),
+    ("stablelm", "StableLmConfig", "StableLmForCausalLM", {**LLAMA}),
 ]
 
 VARIANTS = (

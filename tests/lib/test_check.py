@@ -465,9 +465,31 @@ def test_unreadable_torch_files(tmp_path: Path, case: str) -> None:
         torch.save({"a": NotAllowed()}, path)
         expected = (
             "torch.load(weights_only=True) refused an object that is not a tensor or "
-            "a plain container (Unsupported global: GLOBAL test_check.NotAllowed"
+            "a plain container (test_check.NotAllowed, which is not on torch's "
+            "allowlist); the file is intact"
         )
+        assert "add_safe_globals([test_check.NotAllowed])" in problem(path)
     assert expected in problem(path)
+
+
+class RunsCode:
+    """Unpickles to a call of ``os.system``: what a malicious checkpoint holds."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, ("echo never run",)
+
+
+def test_torch_file_that_would_run_code_is_named_and_not_advised_to_load(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({"a": torch.ones(2), "b": RunsCode()}, path)
+    message = problem(path)
+    assert "refused posix.system" in message or "refused nt.system" in message
+    assert "could run code" in message
+    assert "holds more than weights" not in message  # not a hyper-parameter object
 
 
 # --- Hugging Face folders -------------------------------------------------------------

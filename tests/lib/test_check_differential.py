@@ -1,6 +1,6 @@
 """``weightshare check`` agrees with ``from_pretrained`` on a generated corpus.
 
-The folders come from :mod:`hf_corpus` (tiny models of 31 architectures, clean and
+The folders come from :mod:`hf_corpus` (tiny models of 36 architectures, clean and
 damaged). For each, the truth is what ``from_pretrained(...,
 output_loading_info=True)`` on the pinned transformers does: it stops (a size
 mismatch, or a file it cannot read), leaves keys MISSING, or loads a tie that the

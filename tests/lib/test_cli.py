@@ -152,3 +152,30 @@ def test_module_main_exits_with_the_status(
     with pytest.raises(SystemExit) as info:
         runpy.run_module("weightshare", run_name="__main__")
     assert info.value.code == 1
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("json_option", [[], ["--json"]])
+def test_unwritable_output_is_one_line_not_a_traceback(
+    files: dict[str, Path], json_option: list[str]
+) -> None:
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "weightshare",
+                "check",
+                str(files["clean"]),
+                *json_option,
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert run.returncode == 2
+    assert run.stderr == (
+        "weightshare check: error: cannot write the report to standard output (no "
+        "space left on device); redirect it to a file or pipe that can be written\n"
+    )

@@ -75,3 +75,21 @@ def test_importing_the_package_or_the_command_line_imports_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["[]"]
+
+
+def test_checking_a_header_imports_neither_torch_nor_numpy(tmp_path: Path) -> None:
+    """A file with no two tensors of one dtype and shape: nothing to compare."""
+    import safetensors.torch
+    import torch
+
+    path = tmp_path / "m.safetensors"
+    safetensors.torch.save_file({"a": torch.ones(2), "b": torch.ones(3)}, str(path))
+    code = (
+        "import sys; from weightshare._checkpoint._cli import main; "
+        f"status = main(['check', {str(path)!r}]); "
+        "print(status, sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines()[-1] == "0 []"

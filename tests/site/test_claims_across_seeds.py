@@ -63,10 +63,14 @@ def test_siamese_embedding_beats_raw_pixels_at_every_seed(
     assert run["auc"] >= 0.999, run
 
 
-def test_siamese_embedding_beats_raw_pixels_by_four_digits_on_average(
+def test_siamese_embedding_beats_raw_pixels_by_4_digits_on_average(
     siamese_runs: dict[int, dict[str, Any]],
 ) -> None:
-    """At least 0.4 points (3.6 of 899 digits) above raw pixels, over five seeds."""
+    """At least 4 more of 899 digits right than raw pixels, on average over five seeds.
+
+    Issue 21 asks for "0.4 points (4 more digits of 899)"; 0.4 points is 3.6 digits,
+    so this checks the stricter reading, 4 digits (0.44 points).
+    """
     gains = [run["correct"] - run["raw_correct"] for run in siamese_runs.values()]
     print(
         {
@@ -74,7 +78,7 @@ def test_siamese_embedding_beats_raw_pixels_by_four_digits_on_average(
             for seed, run in siamese_runs.items()
         }
     )
-    assert sum(gains) / len(gains) / 899 >= 0.004, gains
+    assert sum(gains) / len(gains) >= 4, gains
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -83,3 +87,10 @@ def test_transformer_claims(seed: int) -> None:
     assert page["tied_accuracy"] >= 0.99 and page["untied_accuracy"] >= 0.99
     first = page["first_below"]
     assert first["untied"] < first["tied"] < page["STEPS"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_resize_claims(seed: int) -> None:
+    page = run_page(EXAMPLES / "fix_adapt" / "plot_resize_vocabulary.py", seed)
+    assert page["random_rows"].min() > 0.99  # random new rows take the softmax
+    assert page["mean_rows"].max() < 4 / 16  # mean rows: at most an average token's

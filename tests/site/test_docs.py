@@ -25,6 +25,7 @@ TARGETS = (
     "html-one",
     "doctest",
     "mutants",
+    "versions",
     "linkcheck",
     "browser",
 )

@@ -96,6 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # as a shell reports a process that SIGPIPE ended (128 + 13)
+    except OSError as err:  # standard output cannot be written (a full disk)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # drop what is left in the buffer
+        reason = err.strerror.lower() if err.strerror else str(err)
+        print(
+            f"{PROG} check: error: cannot write the report to standard output "
+            f"({reason}); redirect it to a file or pipe that can be written",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def _run(args: argparse.Namespace) -> int:

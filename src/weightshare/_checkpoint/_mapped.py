@@ -13,7 +13,7 @@ from collections.abc import Generator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._contents import Entry
 
@@ -156,11 +156,12 @@ class MappedFiles:
         dtype = self._spans[name].entry.dtype
         if not dtype.startswith(("float", "bfloat", "complex")):
             return False  # integers and bool have no NaN
-        if dtype not in _NAN_BITS or _np is None:
+        np = _numpy()
+        if dtype not in _NAN_BITS or np is None:
             return None
         width, exponent, fraction = _NAN_BITS[dtype]
         for part in self._chunks(name):
-            bits = _np.frombuffer(part, dtype=width)
+            bits = np.frombuffer(part, dtype=width)
             if bool(((bits & exponent) == exponent)[(bits & fraction) != 0].any()):
                 return True
         return False
@@ -212,17 +213,33 @@ def _same(a: memoryview, b: memoryview) -> bool:
     by item (8-byte items are still 8 times faster than bytes).
     """
     wide = len(a) - len(a) % 8
-    if wide and _np is not None:
-        left = _np.frombuffer(a[:wide], dtype=_np.uint64)
-        right = _np.frombuffer(b[:wide], dtype=_np.uint64)
-        if not _np.array_equal(left, right):
+    np = _numpy() if wide else None
+    if np is not None:
+        left = np.frombuffer(a[:wide], dtype=np.uint64)
+        right = np.frombuffer(b[:wide], dtype=np.uint64)
+        if not np.array_equal(left, right):
             return False
     elif wide and a[:wide].cast("Q") != b[:wide].cast("Q"):
         return False
     return a[wide:] == b[wide:]
 
 
-try:
-    import numpy as _np
-except ImportError:  # pragma: no cover - numpy comes with most torch installs
-    _np = None  # type: ignore[assignment]
+_UNSET: Any = object()
+_np: Any = _UNSET  # numpy, None without it, or _UNSET before the first comparison
+
+
+def _numpy() -> Any:
+    """NumPy, imported at the first comparison, or None when it is not installed.
+
+    Not at import: importing NumPy takes a few tenths of a second, longer than
+    reading a header, and a file with nothing to compare never needs it.
+    """
+    global _np
+    if _np is _UNSET:
+        try:
+            import numpy
+
+            _np = numpy
+        except ImportError:  # pragma: no cover - numpy comes with most torch installs
+            _np = None
+    return _np

@@ -7,6 +7,7 @@ storage in the file). Only this module, and only for such files, imports torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -188,21 +189,35 @@ def _refused(err: BaseException) -> str:
             f"torch.load(weights_only=True) failed: {_sentence(err)}; the file may be "
             "truncated or corrupt"
         )
-    what = next(
-        (
-            line.strip().removeprefix("WeightsUnpickler error:").strip()
-            for line in text.splitlines()
-            if "WeightsUnpickler error" in line
-        ),
-        "an object outside torch's allowlist",
-    )
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    name = found.group(1) if found else ""
+    if name and "is blocked" in text:  # sys, os, posix, nt: never allowed
+        return (
+            f"torch.load(weights_only=True) refused {name}: the pickle refers to "
+            "a module torch blocks outright, which a file of weights never needs; "
+            "loaded with weights_only=False the file could run code. Do not load "
+            "it so unless you made it; ask its source for a "
+            "safetensors file"
+        )
+    if name:
+        what, allow = f"{name}, which is not on torch's allowlist", f"[{name}]"
+    else:
+        what = next(
+            (
+                line.strip().removeprefix("WeightsUnpickler error:").strip()
+                for line in text.splitlines()
+                if "WeightsUnpickler error" in line
+            ),
+            "an object outside torch's allowlist",
+        ).rstrip(".")
+        allow = "[...]"
     return (
         "torch.load(weights_only=True) refused an object that is not a tensor or a "
-        f"plain container ({what.rstrip('.')}); the file is intact but holds more "
-        "than weights (such as a training checkpoint's hyper-parameters). If you "
-        "trust its source, allow that type with torch.serialization.add_safe_globals"
-        "([...]) or load it with torch.load(path, weights_only=False), save its "
-        "state_dict on its own, and check that file"
+        f"plain container ({what}); the file is intact but holds more than weights "
+        "(such as a training checkpoint's hyper-parameters). If you trust its "
+        f"source, allow that type with torch.serialization.add_safe_globals({allow}) "
+        "or load it with torch.load(path, weights_only=False), save its state_dict "
+        "on its own, and check that file"
     )
 
 
