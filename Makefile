@@ -85,9 +85,11 @@ versions: $(STAMP)  ## run the failures' reproductions under old releases (not i
 
 # Two pytest workers (pytest-xdist), one thread each. mypy keeps its cache in
 # .mypy_cache (filled when .venv is made), so its test re-checks only what changed.
-check: $(STAMP)  ## every test that needs no Sphinx build, browser or download
+check: $(STAMP)  ## tests/lib, tests/benchmarks and doctests, less those marked slow
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" \
 	  -n 2 --dist worksteal tests/lib tests/benchmarks src/weightshare
+	@# pytest-xdist's summary does not count the deselected tests: say so here.
+	@echo "make check left out the tests marked slow; make test runs them."
 
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
 	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12

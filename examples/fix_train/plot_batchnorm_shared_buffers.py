@@ -119,7 +119,8 @@ per_branch = [
 # ------------------------------------------------------------
 # Calling the encoder once on ``torch.cat([a, b])`` and splitting the output updates
 # the statistics once per step, from the whole batch, and normalises in training
-# exactly as the running estimates will in evaluation. The price: in training mode
+# with the same mix of both branches that the running estimates hold in evaluation
+# (close, not equal: they average many batches). The price: in training mode
 # each embedding now depends on the *other* branch's inputs, since both are
 # normalised by one batch's statistics. The same ``a`` paired with other ``b`` inputs
 # gets other embeddings; in evaluation mode it does not.

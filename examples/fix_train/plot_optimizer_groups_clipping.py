@@ -219,11 +219,13 @@ late.head.weight = nn.Parameter(late.emb.weight.detach().clone())
 head_before = late.head.weight.detach().clone()
 late(torch.tensor([0, 1])).sum().backward()
 late_optimizer.step()
+late_optimizer.zero_grad()
 held = [p for group in late_optimizer.param_groups for p in group["params"]]
 
 # %%
-# The step left the new weight exactly as it was, with a gradient that the
-# optimizer's ``zero_grad`` never clears, and the guard reports the tie broken:
+# The step left the new weight exactly as it was, and its gradient is still there
+# after the optimizer's ``zero_grad`` (which clears only what the optimizer holds);
+# the guard reports the tie broken:
 #
 # >>> any(p is late.head.weight for p in held)
 # False

@@ -31,9 +31,10 @@ def fsdp_units(model: nn.Module, modules: Iterable[nn.Module]) -> list[Unit]:
 
     A parameter counts for the innermost listed module around each of its names.
     When a tie also reaches a module that is not listed (``lm_head`` left out
-    above), the module that holds that name joins the unit; when the model's root
-    holds it directly, the tied modules are left out, so that the last call,
-    ``fully_shard(model)``, shards them with the root. A unit made of a module and
+    above), the module that holds that name joins the unit, and so does what
+    its own parameters are tied to; when the model's root holds it directly, the
+    tied modules are left out, so that the last call, ``fully_shard(model)``,
+    shards them with the root. A unit made of a module and
     modules inside it becomes the outer module alone, and it comes after the
     units inside it: ``fully_shard`` manages every module below the ones it is
     given, except those sharded before. Units that would each have to come
@@ -95,25 +96,30 @@ def _tie_sets(
     """The modules involved, and sets of their indices joining those that share.
 
     ``nodes`` is ``listed``, then the modules that hold a tied name no listed module
-    holds (the model itself when it holds one directly).
+    holds (the model itself when it holds one directly). A module added so has
+    parameters of its own, which may be tied elsewhere in turn: the sets are
+    computed again with it among the holders, until no module is added.
     """
-    paths = _paths(model, listed)
-    holders: dict[int, list[int]] = {}  # id(parameter) -> indices into `nodes`
-    outside: dict[int, list[str]] = {}  # id(parameter) -> names no listed module holds
-    for name, param in named(model):
-        index = _holder(name, paths)
-        if index is None:
-            outside.setdefault(id(param), []).append(name)
-        elif index not in holders.setdefault(id(param), []):
-            holders[id(param)].append(index)
     nodes = list(listed)
-    sets: UnionFind[int] = UnionFind(range(len(listed)))
-    for key, indices in holders.items():
-        for name in outside.get(key, []):
-            indices = [*indices, _node(_owner(model, name), nodes, sets)]
-        for index in indices[1:]:
-            sets.union(indices[0], index)
-    return nodes, sets
+    while True:
+        count = len(nodes)
+        paths = _paths(model, nodes)
+        holders: dict[int, list[int]] = {}  # id(parameter) -> indices into `nodes`
+        outside: dict[int, list[str]] = {}  # id(parameter) -> names no node holds
+        for name, param in named(model):
+            index = _holder(name, paths)
+            if index is None:
+                outside.setdefault(id(param), []).append(name)
+            elif index not in holders.setdefault(id(param), []):
+                holders[id(param)].append(index)
+        sets: UnionFind[int] = UnionFind(range(count))
+        for key, indices in holders.items():
+            for name in outside.get(key, []):
+                indices = [*indices, _node(_owner(model, name), nodes, sets)]
+            for index in indices[1:]:
+                sets.union(indices[0], index)
+        if len(nodes) == count:
+            return nodes, sets
 
 
 def _node(module: nn.Module, nodes: list[nn.Module], sets: UnionFind[int]) -> int:
@@ -220,8 +226,20 @@ def _holder(name: str, paths: list[tuple[str, int]]) -> int | None:
 
 
 def _owner(model: nn.Module, name: str) -> nn.Module:
-    """The module that registers the parameter ``name``."""
-    return model.get_submodule(name.rpartition(".")[0])
+    """The module that registers the parameter ``name``.
+
+    For the original of a parametrized parameter
+    (``dec.parametrizations.weight.original``) that is the parametrized module
+    (``dec``), not the ``ParametrizationList`` holding it, which FSDP cannot
+    shard apart from its module.
+    """
+    path = name.rpartition(".")[0]
+    head, _, tail = path.rpartition(".parametrizations.")
+    if tail and "." not in tail and name.endswith(".original"):
+        return model.get_submodule(head)
+    if path.startswith("parametrizations.") and path.count(".") == 1:
+        return model
+    return model.get_submodule(path)
 
 
 def _order(nodes: list[nn.Module], groups: list[list[int]]) -> list[list[int]]:

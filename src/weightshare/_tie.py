@@ -272,10 +272,11 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
     Returns
     -------
     :class:`torch.nn.Parameter`
-        The parameter now at ``name`` (for a removed transposed tie: at the
-        parametrized name, e.g. ``dec.weight``). If ``name`` was not shared and
-        is no transposed tie, nothing changes and the existing parameter is
-        returned.
+        The parameter now at ``name``: for a removed transposed tie, the source
+        (``enc.weight``) when ``name`` is the source, else the parametrized name's
+        new plain parameter (``dec.weight``, also for its former original). If
+        ``name`` was not shared and is no transposed tie, nothing changes and the
+        existing parameter is returned.
 
     Raises
     ------
@@ -297,8 +298,8 @@ def untie(model: nn.Module, name: str) -> nn.Parameter:
 
     >>> model = nn.ModuleDict({"enc": nn.Linear(6, 3), "dec": nn.Linear(3, 6)})
     >>> _ = ws.tie(model, "dec.weight", "enc.weight", transpose=True)
-    >>> ws.untie(model, "enc.weight").shape  # or "dec.weight": the same result
-    torch.Size([3, 6])
+    >>> ws.untie(model, "enc.weight") is model.enc.weight  # or "dec.weight"
+    True
     >>> ws.shared_groups(model), model.dec.weight.shape
     ([], torch.Size([6, 3]))
     >>> sorted(model.state_dict())  # as if never tied

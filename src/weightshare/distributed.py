@@ -108,7 +108,7 @@ def run(
     """Call ``worker(*args)`` in ``nprocs`` processes that form one process group.
 
     The processes are forked from this one by
-    :func:`torch.multiprocessing.start_processes`, so ``worker`` may be any
+    ``torch.multiprocessing.start_processes``, so ``worker`` may be any
     function, including one defined in a notebook or a script's ``__main__``, and
     the ranks inherit the modules imported so far. Each rank gets the environment
     variables ``torchrun`` would set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
@@ -357,7 +357,7 @@ def _free_port() -> int:
 def _run_forked(
     worker: Callable[..., T], nprocs: int, args: Sequence[Any], timeout: float
 ) -> list[T]:
-    """Fork the ranks with :func:`torch.multiprocessing.start_processes`; wait.
+    """Fork the ranks with ``torch.multiprocessing.start_processes``; wait.
 
     ``start_processes`` asks Linux to signal each rank when this process dies,
     passes a raising rank's traceback back in a file, and stops the other ranks
@@ -539,7 +539,9 @@ def _rank_main(
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
+        # start_processes swallows a KeyboardInterrupt (the rank exits with code
+        # 0), so without this record the error would read "exit code 0".
         text = (
             f"{type(err).__qualname__}: {err}" if str(err) else type(err).__qualname__
         )

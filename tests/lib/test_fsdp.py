@@ -6,6 +6,7 @@ sharded for real, in two processes, in tests/lib/test_distributed.py.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -248,3 +249,143 @@ def test_a_module_holding_a_tie_left_to_the_root_is_left_to_the_root() -> None:
     assert ws.shared_groups(model) == [["table", "wrapper.0.weight"]]
     emb = wrapper[0]
     assert same(ws.fsdp_units(model, [emb, wrapper, model.body]), [model.body])
+
+
+# -- random trees of modules with random ties ------------------------------------------
+
+
+class Node(nn.Module):
+    """A module with a 4x4 weight ``w``, applied before its child Nodes in order.
+
+    Extra tied parameters registered on it (``e0``, ...) and a transposed ``w``
+    (a parametrization) are applied too, so every parameter takes part in a
+    forward pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        names = list(self._parameters)
+        if hasattr(self, "parametrizations"):
+            names += list(self.parametrizations)
+        for name in names:
+            x = torch.tanh(x @ getattr(self, name))
+        for child in self.children():
+            if isinstance(child, Node):
+                x = child(x)
+        return x
+
+
+def random_tied_tree(seed: int) -> tuple[Node, list[nn.Module]]:
+    """A tree of 3 to 9 Nodes with 1 to 4 random ties, and modules to list.
+
+    A tie is plain (``ws.tie``), transposed (``ws.tie(..., transpose=True)``), or
+    an extra attribute holding another Node's weight; tied Nodes may be ancestor
+    and descendant, and the root may hold a tied weight. About 80 % of the
+    non-root Nodes are listed, in random order.
+    """
+    import random
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    root = Node()
+    nodes: list[tuple[str, Node]] = [("", root)]
+    for i in range(rng.randint(2, 8)):
+        parent_name, parent = rng.choice(nodes)
+        child = Node()
+        setattr(parent, f"c{i}", child)
+        nodes.append((f"{parent_name}.c{i}".lstrip("."), child))
+    for k in range(rng.randint(1, 4)):
+        (target_name, target), (source_name, source) = rng.sample(nodes, 2)
+        kind = rng.choice(["plain", "extra", "transpose"])
+        target_w = f"{target_name}.w".lstrip(".")
+        source_w = f"{source_name}.w".lstrip(".")
+        if kind == "extra":
+            weight = source._parameters.get("w")
+            if weight is None:  # a transposed w: hold its original
+                weight = source.parametrizations.w.original
+            setattr(target, f"e{k}", weight)
+            continue
+        if kind == "plain" and hasattr(target, "parametrizations"):
+            continue
+        # A tie this tree cannot take (e.g. onto a parametrized weight) is skipped.
+        with contextlib.suppress(ValueError, TypeError):
+            ws.tie(root, target_w, source_w, transpose=kind == "transpose")
+    listed: list[nn.Module] = [m for _, m in nodes[1:] if rng.random() < 0.8]
+    rng.shuffle(listed)
+    return root, listed
+
+
+def fsdp2_conflicts(
+    model: nn.Module, units: list[nn.Module | list[nn.Module]]
+) -> list[str]:
+    """What FSDP2 would refuse when ``units``, then ``model``, are sharded in turn.
+
+    ``fully_shard(unit)`` manages the parameters of the unit's modules and of every
+    module below them, except below modules sharded earlier; a parameter that an
+    earlier call already manages is refused. Also reports a module in two units
+    and a ``ParametrizationList`` given as a unit (FSDP2 cannot shard it apart from
+    its module).
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    done: list[nn.Module] = []
+    manager: dict[int, int] = {}  # id(parameter) -> the call that manages it
+    problems: list[str] = []
+
+    def under(module: nn.Module, found: list[nn.Parameter]) -> None:
+        if any(module is d for d in done):
+            return
+        found.extend(module.parameters(recurse=False))
+        for child in module.children():
+            under(child, found)
+
+    calls = [*units, model]
+    for call, unit in enumerate(calls):
+        modules = unit if isinstance(unit, list) else [unit]
+        for module in modules:
+            if type(module).__name__ == "ParametrizationList":
+                problems.append(f"unit {call} is {names[id(module)]!r}")
+        found: list[nn.Parameter] = []
+        for module in modules:
+            under(module, found)
+        for param in found:
+            if manager.setdefault(id(param), call) != call:
+                earlier = manager[id(param)]
+                problems.append(f"call {call} takes a parameter of call {earlier}")
+        done.extend(modules)
+    flat = [m for u in units for m in (u if isinstance(u, list) else [u])]
+    if len({id(m) for m in flat}) != len(flat):
+        problems.append("a module is in two units")
+    return problems
+
+
+def test_random_tied_trees_shard_without_conflicts() -> None:
+    # Seeds 1, 50, 51, 178 and 181 failed before: a module added to a unit because
+    # it holds a tied name had its own weight tied to an unlisted module or the
+    # root, which fsdp_units did not follow; and a transposed tie's original made
+    # its ParametrizationList a unit.
+    for seed in range(300):
+        model, listed = random_tied_tree(seed)
+        units = ws.fsdp_units(model, listed)
+        assert fsdp2_conflicts(model, units) == [], (seed, ws.shared_groups(model))
+
+
+def test_a_holder_added_to_a_unit_brings_its_own_ties() -> None:
+    # root.e is c1.w; c0 (listed) has the weight c1.e0 holds: c1 joins c0's unit,
+    # and so c1.w's tie to the root must send that unit to the root.
+    model = Node()
+    model.c0, model.c1 = Node(), Node()
+    model.e = model.c1.w
+    model.c1.e0 = model.c0.w
+    assert ws.fsdp_units(model, [model.c0]) == []
+
+
+def test_a_transposed_tie_names_its_module_not_its_parametrization_list() -> None:
+    model = Node()
+    model.c0, model.c1, model.c2 = Node(), Node(), Node()
+    ws.tie(model, "c1.w", "c2.w", transpose=True)
+    model.c1.e = model.c0.w
+    units = ws.fsdp_units(model, [model.c0])
+    assert same(units, [[model.c0, model.c1, model.c2]])

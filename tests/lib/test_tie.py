@@ -429,3 +429,50 @@ def test_retie_rejects_a_bare_string_group() -> None:
 def test_names_must_be_strings() -> None:
     with pytest.raises(TypeError, match=r"target must be a str, got int"):
         ws.tie(lm(), 3, "emb.weight")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "returned"),
+    [
+        ("enc.weight", "enc.weight"),
+        ("dec.weight", "dec.weight"),
+        ("dec.parametrizations.weight.original", "dec.weight"),
+    ],
+)
+def test_untie_transposed_as_if_never_tied(name: str, returned: str) -> None:
+    # Review of issue 20: the docstring said every name returns dec.weight.
+    def fresh() -> nn.ModuleDict:
+        torch.manual_seed(0)
+        return nn.ModuleDict({"enc": nn.Linear(6, 3), "dec": nn.Linear(3, 6)})
+
+    model = fresh()
+    ws.tie(model, "dec.weight", "enc.weight", transpose=True)
+    enc_before = model.enc.weight.detach().clone()
+    new = ws.untie(model, name)
+    assert new is model.get_parameter(returned)
+    assert torch.equal(model.enc.weight, enc_before)  # the source keeps its values
+    assert torch.equal(model.dec.weight, enc_before.T)
+    fresh().load_state_dict(model.state_dict(), strict=True)
+    torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
+    model.dec(model.enc(torch.randn(2, 6))).sum().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(model.dec.weight, model.enc.weight.T)  # now independent
+
+
+@pytest.mark.parametrize("name", ["a.weight", "b.weight", "c.weight"])
+def test_untie_one_of_three(name: str) -> None:
+    model = nn.ModuleDict({k: nn.Linear(4, 4) for k in "abc"})
+    ws.tie(model, "b.weight", "a.weight")
+    ws.tie(model, "c.weight", "a.weight")
+    value = model.a.weight.detach().clone()
+    ws.untie(model, name)
+    rest = [f"{k}.weight" for k in "abc" if f"{k}.weight" != name]
+    assert ws.shared_groups(model) == [rest]
+    assert all(torch.equal(model.get_parameter(f"{k}.weight"), value) for k in "abc")
+    nn.ModuleDict({k: nn.Linear(4, 4) for k in "abc"}).load_state_dict(
+        model.state_dict(), strict=True
+    )
+    model.get_submodule(name.partition(".")[0])(torch.ones(1, 4)).sum().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(model.get_parameter(name), model.get_parameter(rest[0]))
+    assert torch.equal(model.get_parameter(rest[0]), model.get_parameter(rest[1]))
