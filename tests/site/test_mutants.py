@@ -142,7 +142,8 @@ def run_page(path: Path) -> Outcome:
             except BaseException as err:
                 frame = traceback.extract_tb(err.__traceback__)[-1]
                 where = f"cell at line {line} (raised at line {frame.lineno})"
-                detail = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                first = (str(err).splitlines() or [""])[0]
+                detail = f"{type(err).__name__}: {first[:200]}"
                 return Outcome("crashed", where, detail, doctests=examples_run)
             continue
         examples = parser.get_examples(content)
