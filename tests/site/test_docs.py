@@ -74,17 +74,35 @@ def test_the_site_is_static_and_self_contained(built_site: Path) -> None:
     assert (built_site / ".nojekyll").exists()  # GitHub Pages serves _static/
 
 
+#: Pages that draw no figure, so sphinx-gallery shows its placeholder thumbnail. Each
+#: should gain a figure that carries its claim; the list keeps the gap visible.
+NO_FIGURE_YET = {
+    "plot_gguf_tied",
+    "plot_hooks_checkpointing",
+    "plot_merge_export_tied",
+    "plot_module_conversion",
+    "plot_onnx_tied",
+    "plot_quantize_tied",
+    "plot_resize_vocabulary",
+    "plot_transformers_v5_ties",
+}
+
+
 @pytest.mark.slow
 def test_every_example_has_its_own_thumbnail(built_site: Path) -> None:
-    import sphinx_gallery
-
-    placeholder = Path(sphinx_gallery.__file__).parent / "_static/no_image.png"
-    examples = sorted((ROOT / "examples").glob("*/plot_*.py"))
-    for example in examples:
-        thumbs = list((built_site / "_images").glob(f"sphx_glr_{example.stem}_thumb.*"))
+    # A page's thumbnail is its own when the page drew an image (sphx_glr_<page>_NNN);
+    # otherwise sphinx-gallery resizes its placeholder, whose bytes then differ from
+    # the original file, so comparing bytes cannot tell them apart.
+    images = built_site / "_images"
+    drawn = set()
+    for example in sorted((ROOT / "examples").glob("*/plot_*.py")):
+        thumbs = list(images.glob(f"sphx_glr_{example.stem}_thumb.*"))
         assert thumbs, f"{example.stem} has no thumbnail"
-        assert thumbs[0].read_bytes() != placeholder.read_bytes()
         assert thumbs[0].stat().st_size > 2000, f"{thumbs[0].name} is nearly empty"
+        if list(images.glob(f"sphx_glr_{example.stem}_[0-9][0-9][0-9].*")):
+            drawn.add(example.stem)
+    pages = {p.stem for p in (ROOT / "examples").glob("*/plot_*.py")}
+    assert pages - drawn == NO_FIGURE_YET, "pages with the placeholder thumbnail"
 
 
 @pytest.mark.slow
