@@ -184,7 +184,13 @@ def startup(path: Path, rounds: int) -> dict[str, Any]:
     check, torch_ = medians["check_command"], medians["import_torch"]
     return {
         "file_bytes": path.stat().st_size,
-        "commands": {name: commands[name][-2:] for name in STARTUP},
+        # The file's name only: the result records no path of the machine it ran on.
+        "commands": {
+            name: [
+                path.name if arg == str(path) else arg for arg in commands[name][-2:]
+            ]
+            for name in STARTUP
+        },
         "samples": samples,
         "medians": medians,
         "time_vs_import_torch": check["seconds"] / torch_["seconds"],

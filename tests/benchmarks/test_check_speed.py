@@ -31,7 +31,7 @@ def test_check_benchmark_runs_quick(tmp_path: Path) -> None:
     assert "operation_time_vs_load_file" in data["ratios"]  # recorded, not judged
     startup = data["startup"]
     assert set(startup["medians"]) == {"check_command", "import_torch", "python_pass"}
-    assert startup["commands"]["check_command"][0] == "check"
+    assert startup["commands"]["check_command"] == ["check", "small.safetensors"]
     assert all(run["status"] == 0 for run in startup["samples"]["check_command"])
     assert "import torch" in data["goals"][2]["goal"]
     assert "100 MB" in data["goals"][3]["goal"]
@@ -41,3 +41,11 @@ def test_check_benchmark_runs_quick(tmp_path: Path) -> None:
         assert all(run["status"] == 1 for run in exported["samples"]["check"])
         assert exported["time_vs_reader"] > 0
     assert "exported files" in result.stdout
+
+
+def test_recorded_results_name_no_path_of_the_machine() -> None:
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    for recorded in results.glob("*.json"):
+        text = recorded.read_text()
+        for prefix in ('"/tmp/', '"/home/', '"/root/', '"/work/', '"/Users/'):
+            assert prefix not in text, f"{recorded.name} records a path {prefix}…"
