@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import posixpath
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def redirect_html(old: str, new: str, title: str) -> str:
     the site works from disk and from any web server path.
     """
     target = posixpath.relpath(new, posixpath.dirname(old) or ".") + ".html"
+    target = urllib.parse.quote(target)  # as Sphinx links a page: "a b" -> "a%20b"
     href, name = html.escape(target, quote=True), html.escape(title)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -53,6 +55,12 @@ def check_config(app: Any, config: Any) -> None:
                 f"weightshare_moved_pages: {old!r} -> {new!r} must map document "
                 "names (strings without '.html')"
             )
+        for name in (old, new):
+            if name.startswith("/") or ".." in name.split("/"):
+                raise ConfigError(
+                    f"weightshare_moved_pages: {name!r} must be a document name "
+                    "inside the site (no leading '/', no '..')"
+                )
 
 
 def write_redirects(app: Any, exception: Exception | None) -> None:

@@ -766,10 +766,15 @@ def test_a_moved_page_redirects_relative_to_its_old_folder() -> None:
     assert "New &lt;title&gt;" in page  # escaped, and said for a reader to click
 
 
+def test_a_moved_page_link_is_quoted_as_sphinx_quotes_page_links() -> None:
+    page = moved_pages.redirect_html("old", "new page#1", "T")
+    assert 'href="new%20page%231.html"' in page
+
+
 @pytest.mark.parametrize(
     "moved",
-    [["a", "b"], {"a.html": "b"}, {"a": 3}],
-    ids=["not-a-dict", "html-suffix", "not-a-name"],
+    [["a", "b"], {"a.html": "b"}, {"a": 3}, {"../a": "b"}, {"/a": "b"}, {"a": "../b"}],
+    ids=["not-a-dict", "html-suffix", "not-a-name", "up", "absolute", "new-up"],
 )
 def test_moved_pages_config_is_checked(moved: Any) -> None:
     from sphinx.errors import ConfigError
