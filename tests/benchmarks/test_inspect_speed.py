@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inspect_speed.py"
 
 
+@pytest.mark.slow  # a whole benchmark script in a new process: make test runs it
 def test_inspect_benchmark_runs_quick() -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick"],

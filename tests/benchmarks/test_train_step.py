@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "train_step.py"
 
 
+#: The tests that read the benchmark's tiny run (a whole script in a new process, about
+#: 5 s): ``make test`` runs them, ``make check`` leaves them out.
+slow = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("results")
@@ -41,6 +46,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return record
 
 
+@slow
 def test_the_record_has_every_documented_key(tiny_result: dict[str, Any]) -> None:
     for key in ("benchmark", "schema", "date", "device", "load_average", "torch"):
         assert key in tiny_result
@@ -52,6 +58,7 @@ def test_the_record_has_every_documented_key(tiny_result: dict[str, Any]) -> Non
     assert tiny_result["date"][:2] == "20"
 
 
+@slow
 def test_tied_and_untied_rows(tiny_result: dict[str, Any]) -> None:
     runs = tiny_result["runs"]
     assert [(r["tied"], r["compiled"]) for r in runs] == [(True, False), (False, False)]
@@ -66,6 +73,7 @@ def test_tied_and_untied_rows(tiny_result: dict[str, Any]) -> None:
         assert len(run["step_ms_samples"]) == tiny_result["config"]["rounds"]
 
 
+@slow
 def test_memory_saving_is_reported_against_16_v_d(tiny_result: dict[str, Any]) -> None:
     config = tiny_result["config"]
     analytic = 16 * config["vocab_size"] * config["d_model"]
@@ -84,6 +92,7 @@ def test_memory_saving_is_reported_against_16_v_d(tiny_result: dict[str, Any]) -
         assert run["peak_bytes"] is None  # measured on CUDA only
 
 
+@slow
 def test_goals_are_judged_or_left_open(tiny_result: dict[str, Any]) -> None:
     goals = {g["goal"].split(" (")[0]: g for g in tiny_result["goals"]}
     assert goals["memory saved within 10% of 16·V·d"]["met"] is True
@@ -93,6 +102,7 @@ def test_goals_are_judged_or_left_open(tiny_result: dict[str, Any]) -> None:
     assert mfu[0]["met"] is None and "H100" in mfu[0]["note"]
 
 
+@slow
 def test_report_tabulates_and_plots_results(
     tiny_result: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -123,6 +133,7 @@ def test_recorded_results_follow_the_format() -> None:
         assert "between steps" in result["config"]["memory_method"]
 
 
+@slow
 def test_the_time_ratio_pairs_rounds_so_a_slow_spell_cancels(
     tiny_result: dict[str, Any],
 ) -> None:
