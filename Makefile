@@ -91,8 +91,11 @@ check: $(STAMP)  ## tests/lib, tests/benchmarks and doctests, less those marked 
 	@# pytest-xdist's summary does not count the deselected tests: say so here.
 	@echo "make check left out the tests marked slow; make test runs them."
 
+# Two workers, one thread each; each file's tests stay on one worker (--dist loadfile),
+# so a file's expensive module fixtures (the notebook runs) are made once.
 test: $(STAMP) dot browser  ## run every test (library, doctests, browser, downloads, lint)
-	$(PY) -m pytest --cov --cov-report=term-missing:skip-covered --durations=12
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --cov \
+	  --cov-report=term-missing:skip-covered --durations=12
 
 clean:  ## remove the built site and generated pages (keeps .venv and test venvs)
 	@# _build/download-envs holds the download tests' virtual environments: kept like

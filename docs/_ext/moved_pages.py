@@ -33,6 +33,9 @@ def redirect_html(old: str, new: str, title: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>Moved: {name}</title>\n"
+        # No icon: a browser would otherwise ask the server's root for favicon.ico,
+        # which a site served below a path (or from disk) does not have.
+        '<link rel="icon" href="data:,">\n'
         f'<link rel="canonical" href="{href}">\n'
         f'<meta http-equiv="refresh" content="0; url={href}">\n'
         "</head>\n<body>\n"

@@ -1,12 +1,16 @@
 """Fixtures shared by the tests that use the built site (browser, downloads, docs).
 
 The site is built once per session with the Makefile's own `make html` (a no-op when
-it is up to date) and served from `_build/html` on a free localhost port.
+it is up to date) and served from `_build/html` on a free localhost port. `make test`
+runs two pytest workers: each `make` here holds a lock on `_build/`, so that two
+Sphinx builds (which share `_build/doctrees`) never run at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,18 +21,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
+LOCK = ROOT / "_build" / ".make.lock"
+#: Not a test module: the notebook runner, run with the notebook environment's Python
+#: (it imports nbclient, which the project's own environment lacks).
+collect_ignore = ["run_notebooks.py"]
+#: The environment of a reader's shell: without the one thread per worker that `make
+#: test` sets, so that the doctest build prints what `make html` printed on the pages.
+READERS_ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
 
 
 def make(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """Run a Makefile target in the repository, as a reader would."""
-    return subprocess.run(
-        ["make", "--no-print-directory", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+    """Run a Makefile target in the repository, as a reader would, one at a time
+    across the pytest workers."""
+    LOCK.parent.mkdir(exist_ok=True)
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return subprocess.run(
+            ["make", "--no-print-directory", *args],
+            cwd=ROOT,
+            env=READERS_ENV,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
 
 
 @pytest.fixture(scope="session")
