@@ -141,7 +141,7 @@ contrastive_loss(*model(a, b), torch.zeros(len(a))).mean().backward()
 # -------------------------------------------
 # 898 training images are few, so every image is jittered each time it is used:
 # rotated by up to ±0.1 radian and shifted by up to one pixel. Each step draws
-# 512 same-digit pairs. A dissimilar partner for each image is not drawn at random
+# 256 same-digit pairs. A dissimilar partner for each image is not drawn at random
 # but chosen as its *hardest negative*: the closest embedding, among the batch's
 # other images, of a different digit. Random dissimilar pairs are mostly far apart
 # already and beyond the margin cost nothing; the hard ones are where the encoder
@@ -169,7 +169,7 @@ def hardest_negatives(za, zb, labels_a, labels_b):
     return distance.argmin(1)
 
 
-steps, n = 400, 512
+steps, n = 400, 256
 optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05)
 schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=steps)
 similar, dissimilar = torch.zeros(n), torch.ones(n)
