@@ -8,6 +8,7 @@ Sphinx builds (which share `_build/doctrees`) never run at once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
@@ -30,29 +31,54 @@ collect_ignore = ["run_notebooks.py"]
 READERS_ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
 
 
-def make(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """Run a Makefile target in the repository, as a reader would, one at a time
-    across the pytest workers."""
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Hold the lock on `_build/` that every worker's `make` takes."""
     LOCK.parent.mkdir(exist_ok=True)
     with LOCK.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        return subprocess.run(
-            ["make", "--no-print-directory", *args],
-            cwd=ROOT,
-            env=READERS_ENV,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
+        yield
+
+
+def _make(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        env=READERS_ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def make(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run a Makefile target in the repository, as a reader would, one at a time
+    across the pytest workers."""
+    with _locked():
+        return _make(list(args), timeout)
 
 
 @pytest.fixture(scope="session")
 def built_site() -> Path:
-    """`_build/html`, after a `make html` that passed with zero warnings."""
-    result = make("html")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "WARNING" not in result.stderr, result.stderr[-3000:]
+    """`_build/html`, after a `make html` that passed with zero warnings.
+
+    Built once per test run: with two workers, the second worker's `make html`
+    (even one with nothing to do) would rewrite the index and search pages while
+    the first worker's tests read them, so the first build's result is kept.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    stamp = ROOT / "_build" / ".built-for-run"
+    with _locked():
+        if run and stamp.is_file() and stamp.read_text().startswith(run + "\n"):
+            failure = stamp.read_text().removeprefix(run + "\n")
+        else:
+            result = _make(["html"], timeout=1800)
+            failure = ""
+            if result.returncode != 0 or "WARNING" in result.stderr:
+                failure = result.stdout[-3000:] + result.stderr[-3000:] or "failed"
+            stamp.write_text(f"{run}\n{failure}")
+    assert not failure, failure
     return HTML
 
 

@@ -1,12 +1,13 @@
 """Execute notebooks one after another, each in a new Jupyter kernel of its own.
 
-Run by ``test_downloads.py`` with the Python of the notebook environment (the one with
-nbclient and ipykernel), as ``python run_notebooks.py JOBS.json``, where the file holds
-a list of ``{"notebook": PATH, "skip_first_cell": BOOL}``. Each notebook runs in its
-own folder (the kernel's working directory) and its own kernel process, as Jupyter runs
-it; what this script saves over ``jupyter execute`` per notebook is only the start of
-a Python process that imports nbclient. Prints one JSON line per notebook:
-``{"notebook", "ok", "error", "seconds"}``.
+Run by ``test_downloads.py`` with the Python of the notebook environment (the one
+with nbclient and ipykernel), as ``python run_notebooks.py JOBS.json RESULTS``: the
+first file holds a list of ``{"notebook": PATH, "skip_first_cell": BOOL}``. Each
+notebook runs in its own folder (the kernel's working directory) and its own kernel
+process, as Jupyter runs it; what this script saves over ``jupyter execute`` per
+notebook is only the start of a Python process that imports nbclient. One JSON line
+per notebook, ``{"notebook", "ok", "error", "seconds"}``, is appended to RESULTS (a
+file, not stdout, which the kernels share).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def main() -> None:
     jobs = json.loads(Path(sys.argv[1]).read_text())
     for job in jobs:
         result = execute(Path(job["notebook"]), bool(job["skip_first_cell"]))
-        print(json.dumps(result), flush=True)
+        with Path(sys.argv[2]).open("a") as results:
+            results.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

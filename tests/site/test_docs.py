@@ -199,7 +199,10 @@ def _doctest_scratch(docs: Path) -> subprocess.CompletedProcess[str]:
     # No -W here: the lone page's links to the API page cannot resolve in it. The
     # gallery is not run (plot_gallery=0); the doctest builder runs its cells.
     command = [sys.executable, "-m", "sphinx", "-c", str(ROOT), "-b", "doctest"]
-    command += ["-D", "plot_gallery=0", str(docs), str(docs.parent / "out")]
+    # No wheel either: building it would rewrite build/ and the egg-info in the
+    # repository, beside the other worker's builds.
+    command += ["-D", "plot_gallery=0", "-D", "weightshare_wheel_project="]
+    command += [str(docs), str(docs.parent / "out")]
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
