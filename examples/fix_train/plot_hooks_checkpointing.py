@@ -145,6 +145,13 @@ clipped = {mode: clipped_grad_max(mode) for mode in (None, True)}
 # Siamese encoder, `DeepSpeed#988
 # <https://github.com/deepspeedai/DeepSpeed/issues/988>`_, where a maintainer
 # traced it to checkpointing calling the hook once per use of a shared weight).
+#
+# The model is freed before its process group. Freed after, its reducer drops the
+# group's last reference while holding Python's lock, and the group waits for a
+# gloo thread that is still releasing a finished all-reduce and needs that lock:
+# with torch 2.13 this froze the process in about one run in ten
+# (`pytorch#56297 <https://github.com/pytorch/pytorch/issues/56297>`_ lists such
+# destructors).
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -152,12 +159,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 def ddp_backward(reentrant: bool) -> str | None:
     """One DDP forward and backward on one rank; the error's first line, if any."""
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    model = None
     try:
         model = DDP(Repeated(reentrant))  # kept alive: its reducer holds the hooks
         model(x).sum().backward()
     except RuntimeError as err:
         return str(err).split(". ")[0]
     finally:
+        model = None  # free DDP while the group lives on (see above)
         dist.destroy_process_group()
     return None
 

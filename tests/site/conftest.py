@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -41,18 +42,43 @@ def _locked() -> Iterator[None]:
 
 
 def _make(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", *args],
+    """Run ``make ARGS``; past ``timeout`` seconds, fail with where it was stuck.
+
+    The build runs in a process group of its own with Python's fault handler on, so
+    that on a timeout a SIGABRT to the group makes every Python process in it (the
+    Sphinx build, a page's ranks) print its threads' stacks before it ends.
+    """
+    command = ["make", "--no-print-directory", *args]
+    with subprocess.Popen(
+        command,
         cwd=ROOT,
-        env=READERS_ENV,
-        capture_output=True,
+        env={**READERS_ENV, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
-        timeout=timeout,
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGABRT)
+            try:
+                stdout, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+            stacks = "\n".join(  # less the long list of loaded extension modules
+                line for line in stderr.splitlines() if "Extension modules:" not in line
+            )
+            pytest.fail(
+                f"`make {' '.join(args)}` had not ended after {timeout:.0f} s and was "
+                "stopped with SIGABRT. The last lines it printed, then the stacks "
+                f"Python's fault handler printed:\n{stdout[-2000:]}\n{stacks[-8000:]}"
+            )
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def make(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def make(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run a Makefile target in the repository, as a reader would, one at a time
     across the pytest workers."""
     with _locked():
@@ -73,7 +99,7 @@ def built_site() -> Path:
         if run and stamp.is_file() and stamp.read_text().startswith(run + "\n"):
             failure = stamp.read_text().removeprefix(run + "\n")
         else:
-            result = _make(["html"], timeout=1800)
+            result = _make(["html"], timeout=900)
             failure = ""
             if result.returncode != 0 or "WARNING" in result.stderr:
                 failure = result.stdout[-3000:] + result.stderr[-3000:] or "failed"
