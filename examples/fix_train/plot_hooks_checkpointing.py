@@ -149,14 +149,14 @@ clipped = {mode: clipped_grad_max(mode) for mode in (None, True)}
 # The model is freed before its process group. Freed after, its reducer drops the
 # group's last reference while holding Python's lock, and the group waits for a
 # gloo thread that is still releasing a finished all-reduce and needs that lock:
-# with torch 2.13 this froze the process in about one run in ten
+# with torch 2.13 this froze the process at random, now and then
 # (`pytorch#56297 <https://github.com/pytorch/pytorch/issues/56297>`_ lists such
 # destructors).
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
-def ddp_backward(reentrant: bool) -> str | None:
+def ddp_backward(reentrant: bool | None) -> str | None:
     """One DDP forward and backward on one rank; the error's first line, if any."""
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     model = None
