@@ -78,7 +78,7 @@ def _make(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def make(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def make(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
     """Run a Makefile target in the repository, as a reader would, one at a time
     across the pytest workers."""
     with _locked():
@@ -99,7 +99,7 @@ def built_site() -> Path:
         if run and stamp.is_file() and stamp.read_text().startswith(run + "\n"):
             failure = stamp.read_text().removeprefix(run + "\n")
         else:
-            result = _make(["html"], timeout=900)
+            result = _make(["html"], timeout=1200)
             failure = ""
             if result.returncode != 0 or "WARNING" in result.stderr:
                 failure = result.stdout[-3000:] + result.stderr[-3000:] or "failed"
