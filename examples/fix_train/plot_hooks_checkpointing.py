@@ -150,8 +150,15 @@ clipped = {mode: clipped_grad_max(mode) for mode in (None, True)}
 # group's last reference while holding Python's lock, and the group waits for a
 # gloo thread that is still releasing a finished all-reduce and needs that lock:
 # with torch 2.13 this froze the process at random, now and then
-# (`pytorch#56297 <https://github.com/pytorch/pytorch/issues/56297>`_ lists such
-# destructors).
+# (`pytorch#56297 <https://github.com/pytorch/pytorch/issues/56297>`_ is about
+# such destructors, which block while holding that lock). Setting the model to
+# ``None`` is not always enough: a DDP model whose construction imports
+# ``torch._dynamo`` (not here: the checkpoints above imported it) is kept by a
+# reference cycle, which only Python's garbage collector frees, at any later time,
+# so a model still alive is collected first.
+import gc
+import weakref
+
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -165,8 +172,11 @@ def ddp_backward(reentrant: bool | None) -> str | None:
         model(x).sum().backward()
     except RuntimeError as err:
         return str(err).split(". ")[0]
-    finally:
-        model = None  # free DDP while the group lives on (see above)
+    finally:  # free DDP while the group lives on (see above)
+        kept = None if model is None else weakref.ref(model)
+        model = None
+        if kept is not None and kept() is not None:  # held by a reference cycle
+            gc.collect()
         dist.destroy_process_group()
     return None
 
