@@ -148,10 +148,13 @@ clipped = {mode: clipped_grad_max(mode) for mode in (None, True)}
 #
 # The model is freed before its process group. Freed after, its reducer drops the
 # group's last reference while holding Python's lock, and the group waits for a
-# gloo thread that is still releasing a finished all-reduce and needs that lock:
-# with torch 2.13 this froze the process at random, now and then
-# (`pytorch#56297 <https://github.com/pytorch/pytorch/issues/56297>`_ lists such
-# destructors).
+# gloo thread that needs that lock: with torch 2.13 this froze the process now and
+# then (`pytorch#56297 <https://github.com/pytorch/pytorch/issues/56297>`_ is about
+# such blocking destructors). A model that a reference cycle keeps alive (the first
+# DDP model of a process can be) is collected before the group goes.
+import gc
+import weakref
+
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -165,8 +168,11 @@ def ddp_backward(reentrant: bool | None) -> str | None:
         model(x).sum().backward()
     except RuntimeError as err:
         return str(err).split(". ")[0]
-    finally:
-        model = None  # free DDP while the group lives on (see above)
+    finally:  # free DDP while the group lives on (see above)
+        kept = None if model is None else weakref.ref(model)
+        model = None
+        if kept is not None and kept() is not None:  # held by a reference cycle
+            gc.collect()
         dist.destroy_process_group()
     return None
 

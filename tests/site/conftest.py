@@ -66,7 +66,11 @@ def _make(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
                 stdout, stderr = process.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-                stdout, stderr = process.communicate()
+                try:
+                    stdout, stderr = process.communicate(timeout=30)
+                except subprocess.TimeoutExpired:  # a process of another session
+                    stdout, stderr = "", "(its output was not read: a process that left"
+                    stderr += " its process group kept the pipes open)"
             stacks = "\n".join(  # less the long list of loaded extension modules
                 line for line in stderr.splitlines() if "Extension modules:" not in line
             )
