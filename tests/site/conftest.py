@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -41,6 +42,17 @@ def _locked() -> Iterator[None]:
         yield
 
 
+def _signal_and_read(
+    process: subprocess.Popen[str], sig: signal.Signals
+) -> tuple[str, str] | None:
+    """Send ``sig`` to ``process``'s group; its output, or None if not done in 30 s."""
+    os.killpg(process.pid, sig)
+    try:
+        return process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def _make(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``make ARGS``; past ``timeout`` seconds, fail with where it was stuck.
 
@@ -61,18 +73,19 @@ def _make(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGABRT)
-            try:
-                stdout, stderr = process.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                try:
-                    stdout, stderr = process.communicate(timeout=30)
-                except subprocess.TimeoutExpired:  # a process of another session
-                    stdout, stderr = "", "(its output was not read: a process that left"
-                    stderr += " its process group kept the pipes open)"
-            stacks = "\n".join(  # less the long list of loaded extension modules
-                line for line in stderr.splitlines() if "Extension modules:" not in line
+            stdout, stderr = (
+                _signal_and_read(process, signal.SIGABRT)
+                or _signal_and_read(process, signal.SIGKILL)
+                or (
+                    "",
+                    "(its output was not read: a process that left its process "
+                    "group kept the pipes open)",
+                )
+            )
+            stacks = "\n".join(  # less the long lists of loaded extension modules
+                line
+                for line in stderr.splitlines()
+                if not re.search(r"Extension modules:|\(total: \d+\)$", line)
             )
             pytest.fail(
                 f"`make {' '.join(args)}` had not ended after {timeout:.0f} s and was "

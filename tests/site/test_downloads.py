@@ -255,10 +255,9 @@ def _unbound_names(module: ast.Module) -> set[str]:
             bound.add((node.asname or node.name).split(".")[0])
         elif isinstance(node, ast.ExceptHandler) and node.name:
             bound.add(node.name)
-    loaded = {
+    return {
         n.id for n in ast.walk(module) if isinstance(n, ast.Name) and n.id not in bound
     }
-    return loaded
 
 
 @pytest.mark.parametrize("page", PAGES)
